@@ -1,0 +1,68 @@
+"""DPT, decomposed prompt tuning (Xiao et al., 2023): P = A B with random A (l x r) and B (r x d)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DptConfig:
+    length: int = 100
+    """l: soft-prompt tokens."""
+    rank: int = 8
+    """r: inner dimension of A B; 1 <= r <= min(l, hidden size)."""
+
+    name: ClassVar[str] = "dpt"
+
+    def __post_init__(self) -> None:
+        issues = []
+        if self.length < 1:
+            issues.append(f"length={self.length}: the prompt needs at least 1 token; use e.g. --length 100")
+        if self.rank < 1:
+            issues.append(f"rank={self.rank}: rank must be at least 1; use e.g. --rank 8")
+        elif self.length >= 1 and self.rank > self.length:
+            issues.append(f"rank={self.rank} > length={self.length}: rank can be at most the prompt length; "
+                          f"lower --rank to {self.length} or raise --length")
+        if issues:
+            raise ConfigError("\n".join(issues))
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.length
+
+    def check_hidden_size(self, hidden_size: int) -> None:
+        if self.rank > hidden_size:
+            raise ConfigError(f"rank={self.rank} > hidden size {hidden_size}: lower --rank to {hidden_size}")
+
+    def trainable_params(self, hidden_size: int) -> int:
+        return self.length * self.rank + self.rank * hidden_size
+
+
+class DptPrompt(nn.Module):
+    """Trainable A (l, r) and B (r, d); forward() returns P = A @ B (l, d)."""
+
+    def __init__(self, config: DptConfig, hidden_size: int, scale: float, generator: torch.Generator) -> None:
+        super().__init__()
+        config.check_hidden_size(hidden_size)
+        self.config = config
+        r = config.rank
+        # Random Gaussian factors, scaled so that the entries of A @ B have the embedding table's RMS `scale`:
+        # var(sum_k a_k b_k) = r * var(a) * var(b) = r * 1 * scale^2 / r.
+        a = torch.randn(config.length, r, generator=generator)
+        b = torch.randn(r, hidden_size, generator=generator) * (scale / math.sqrt(r))
+        self.a = nn.Parameter(a)  # (l, r)
+        self.b = nn.Parameter(b)  # (r, d)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.config.length
+
+    def forward(self) -> torch.Tensor:
+        return self.a @ self.b  # (l, d)

@@ -1,0 +1,51 @@
+"""Vanilla prompt tuning (Lester et al., 2021): a free l x d soft prompt initialised from vocabulary embeddings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class PromptTuningConfig:
+    length: int = 100
+    """l: soft-prompt tokens, each a free d-dimensional vector."""
+
+    name: ClassVar[str] = "prompt-tuning"
+
+    def __post_init__(self) -> None:
+        if self.length < 1:
+            raise ConfigError(f"length={self.length}: the prompt needs at least 1 token; use e.g. --length 100")
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.length
+
+    def check_hidden_size(self, hidden_size: int) -> None:
+        return None
+
+    def trainable_params(self, hidden_size: int) -> int:
+        return self.length * hidden_size
+
+
+class SoftPrompt(nn.Module):
+    """forward() returns the prompt P (l, d)."""
+
+    def __init__(self, config: PromptTuningConfig, init_prompt: torch.Tensor) -> None:
+        super().__init__()
+        if init_prompt.shape[0] != config.length:
+            raise ConfigError(f"init prompt has {init_prompt.shape[0]} rows, config.length is {config.length}")
+        self.config = config
+        self.prompt = nn.Parameter(init_prompt.detach().float().clone())  # (l, d)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.config.length
+
+    def forward(self) -> torch.Tensor:
+        return self.prompt
