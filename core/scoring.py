@@ -1,0 +1,195 @@
+"""Forward passes with a soft prompt: training loss, per-row log-likelihoods, label ranking and greedy generation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from core.backbone import Backbone
+from core.batching import Batch, Codec, Encoded, collate, eval_batches, prompted_inputs
+
+
+def token_logprobs(backbone: Backbone, prompt: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of every labelled token and the row it belongs to: (N,), (N,).
+
+    Decoder-only: the LM head runs only where there is a label (hidden states of the positions before the
+    targets), not over the whole vocabulary at every position, which is about a fifth of a step on small models.
+    """
+    embeds, mask = prompted_inputs(backbone, prompt, batch)
+    if backbone.family == "seq2seq":
+        out = backbone.model(inputs_embeds=embeds, attention_mask=mask, labels=batch.labels)
+        keep = batch.labels != -100  # (B, L)
+        logits = out.logits[keep].float()  # (N, V)
+        targets = batch.labels[keep]
+    else:
+        n = embeds.shape[1] - batch.input_ids.shape[1]
+        hidden = backbone.model.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        hidden = hidden[:, n:]  # (B, S, d): drop the prompt positions
+        labels = batch.labels[:, 1:]  # the token at t is predicted from position t - 1
+        keep = labels != -100  # (B, S - 1)
+        logits = backbone.model.get_output_embeddings()(hidden[:, :-1][keep]).float()  # (N, V)
+        targets = labels[keep]
+    rows = keep.nonzero()[:, 0]
+    logp = -F.cross_entropy(logits, targets, reduction="none")
+    return logp, rows
+
+
+def loss_fn(backbone: Backbone, prompt: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Mean negative log-likelihood per target token."""
+    logp, _ = token_logprobs(backbone, prompt, batch)
+    return -logp.mean()
+
+
+def sequence_logprobs(backbone: Backbone, prompt: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Summed log-likelihood of each row's target. (B,)"""
+    logp, rows = token_logprobs(backbone, prompt, batch)
+    return torch.zeros(batch.size, device=logp.device).index_add_(0, rows, logp)
+
+
+@torch.no_grad()
+def rank_candidates(
+    backbone: Backbone,
+    prompt: torch.Tensor | None,
+    codec: Codec,
+    sources: Sequence[str],
+    candidates: Sequence[Sequence[str]],
+    *,
+    batch_size: int = 32,
+) -> list[list[float]]:
+    """Log-likelihood of each candidate's words (no end marker) after each source: a list of scores per source.
+
+    When every candidate of a source is one token, one forward over the source gives all of them at once.
+    """
+    p = prompt if prompt is not None else _empty_prompt(backbone)
+    targets = {c: codec.target(c, eos=False) for cands in candidates for c in cands}
+    single = [all(len(targets[c]) == 1 for c in cands) for cands in candidates]
+    out: list[list[float]] = [[] for _ in sources]
+    short = [i for i, ok in enumerate(single) if ok]
+    if short:
+        firsts = [[targets[c][0] for c in candidates[i]] for i in short]
+        for i, row in zip(short, _next_token_logprobs(backbone, p, codec, [sources[i] for i in short], firsts,
+                                                      batch_size), strict=True):
+            out[i] = row
+    flat: list[Encoded] = []
+    owner: list[int] = []
+    for i, (src, cands) in enumerate(zip(sources, candidates, strict=True)):
+        if not single[i]:
+            for cand in cands:
+                flat.append(Encoded(codec.source(src, _budget(codec, targets[cand])), targets[cand]))
+                owner.append(i)
+    if flat:
+        scores = torch.empty(len(flat))
+        for idx in eval_batches([len(e.source) + len(e.target) for e in flat], batch_size):
+            batch = collate([flat[i] for i in idx], codec.family, codec.tokenizer.pad_token_id, backbone.device)
+            scores[idx] = sequence_logprobs(backbone, p, batch).float().cpu()
+        for i, sc in zip(owner, scores.tolist(), strict=True):
+            out[i].append(sc)
+    return out
+
+
+def _budget(codec: Codec, target: list[int]) -> int:
+    return max(codec.max_length - (len(target) if codec.family == "causal" else 0), 1)
+
+
+def _next_token_logprobs(
+    backbone: Backbone, prompt: torch.Tensor, codec: Codec, sources: Sequence[str], tokens: list[list[int]],
+    batch_size: int,
+) -> list[list[float]]:
+    """log p(token | prompt, source) of the given first-answer tokens, one forward per batch of sources."""
+    encoded = [codec.source(s, codec.max_length - 1) for s in sources]
+    out: list[list[float]] = [[] for _ in sources]
+    for idx in eval_batches([len(e) for e in encoded], batch_size):
+        # One stand-in target token per row marks where the answer starts.
+        items = [Encoded(encoded[i], [tokens[i][0]]) for i in idx]
+        batch = collate(items, codec.family, codec.tokenizer.pad_token_id, backbone.device)
+        logp = _answer_start_logprobs(backbone, prompt, batch)  # (B, V)
+        for row, i in enumerate(idx):
+            out[i] = logp[row, tokens[i]].tolist()
+    return out
+
+
+def _answer_start_logprobs(backbone: Backbone, prompt: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Log-softmax over the vocabulary at the first answer position of each row. (B, V)"""
+    embeds, mask = prompted_inputs(backbone, prompt, batch)
+    if backbone.family == "seq2seq":
+        out = backbone.model(inputs_embeds=embeds, attention_mask=mask, labels=batch.labels[:, :1])
+        return torch.log_softmax(out.logits[:, 0].float(), dim=-1)
+    n = embeds.shape[1] - batch.input_ids.shape[1]
+    hidden = backbone.model.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state[:, n:]
+    last = (batch.labels != -100).float().argmax(dim=1) - 1  # position before the single label token
+    h = hidden[torch.arange(batch.size, device=hidden.device), last]  # (B, d)
+    return torch.log_softmax(backbone.model.get_output_embeddings()(h).float(), dim=-1)
+
+
+def _empty_prompt(backbone: Backbone) -> torch.Tensor:
+    return torch.zeros(0, backbone.hidden_size, device=backbone.device, dtype=backbone.dtype)
+
+
+@torch.no_grad()
+def generate(
+    backbone: Backbone,
+    prompt: torch.Tensor | None,
+    codec: Codec,
+    sources: Sequence[str],
+    *,
+    max_new_tokens: int = 16,
+    batch_size: int = 16,
+) -> list[str]:
+    """Greedy answers, one per source."""
+    out: list[str] = [""] * len(sources)
+    encoded = [codec.source(s) for s in sources]
+    p = prompt if prompt is not None else _empty_prompt(backbone)
+    for idx in eval_batches([len(e) for e in encoded], batch_size):
+        ids = [encoded[i] for i in idx]
+        if backbone.family == "seq2seq":
+            texts = _generate_seq2seq(backbone, p, ids, max_new_tokens)
+        else:
+            texts = _generate_causal(backbone, p, ids, max_new_tokens)
+        for i, text in zip(idx, texts, strict=True):
+            out[i] = text.strip()
+    return out
+
+
+def _generate_seq2seq(backbone: Backbone, prompt: torch.Tensor, ids: list[list[int]], new: int) -> list[str]:
+    batch = collate([Encoded(s, [0]) for s in ids], "seq2seq", backbone.tokenizer.pad_token_id, backbone.device)
+    embeds, mask = prompted_inputs(backbone, prompt, batch)
+    tokens = backbone.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=new,
+                                     do_sample=False, num_beams=1)
+    return list(backbone.tokenizer.batch_decode(tokens, skip_special_tokens=True))
+
+
+def _generate_causal(backbone: Backbone, prompt: torch.Tensor, ids: list[list[int]], new: int) -> list[str]:
+    """Greedy decoding with a KV cache.
+
+    Rows are laid out [prompt][pad][source] with the pads masked out and positions counted over unmasked tokens,
+    so every row sees exactly what training showed it ([prompt][source] from position 0), and all rows end at
+    the same column where new tokens are appended.
+    """
+    tok, model, device = backbone.tokenizer, backbone.model, backbone.device
+    width, rows = max(len(s) for s in ids), len(ids)
+    input_ids = torch.full((rows, width), tok.pad_token_id, dtype=torch.long)
+    attn = torch.zeros_like(input_ids)
+    for r, s in enumerate(ids):
+        input_ids[r, width - len(s) :] = torch.tensor(s)
+        attn[r, width - len(s) :] = 1
+    batch = Batch(input_ids.to(device), attn.to(device), input_ids.to(device))
+    embeds, mask = prompted_inputs(backbone, prompt, batch)  # (B, n + S, d), (B, n + S)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    result: list[list[int]] = [[] for _ in range(rows)]
+    for _ in range(new):
+        nxt = out.logits[:, -1].argmax(-1)  # (B,)
+        for r in range(rows):
+            if not done[r]:
+                result[r].append(int(nxt[r]))
+        done |= nxt == tok.eos_token_id
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones(rows, 1, dtype=mask.dtype, device=device)], dim=1)
+        positions = positions[:, -1:] + 1
+        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions,
+                    past_key_values=out.past_key_values, use_cache=True)
+    return [tok.decode(r, skip_special_tokens=True) for r in result]
