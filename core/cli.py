@@ -1,0 +1,285 @@
+"""The `lamp` command line: training, prediction, export and parameter counts without a queue or UI.
+
+Other packages add their commands (`lamp submit`, `lamp serve`, ...) through a `register(subparsers)` function in
+the modules named in PLUGINS, so this file knows nothing of the queue or the dashboard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from core.errors import LampError
+from core.events import Event
+from core.methods import METHODS, method_config, trainable_param_counts
+from core.spec import DataConfig, ModelConfig, RunSpec, TrainConfig, validate_spec
+
+PLUGINS = ("jobs.cli", "app.cli")
+Handler = Callable[[argparse.Namespace], int]
+
+
+def add_spec_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of one tuning run, shared by `lamp train` and `lamp submit`."""
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="default", help="hub id, local folder, or `default` (offline SmolLM2-135M)")
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    g.add_argument("--quantize", default="none", choices=["none", "4bit"], help="4bit: NF4 via bitsandbytes (CUDA)")
+    g = p.add_argument_group("data")
+    g.add_argument("--task", default=None, help="built-in task (default rotten_tomatoes unless --train is given)")
+    g.add_argument("--data-dir", default=None, help="local copy of a GLUE/SuperGLUE data set")
+    g.add_argument("--train", dest="train_file", default=None, help="your training data: CSV, TSV, JSONL, Parquet")
+    g.add_argument("--eval", dest="eval_file", default=None, help="your evaluation data (same columns)")
+    g.add_argument("--text-column", default=None)
+    g.add_argument("--template", default=None, help="input built from several columns, e.g. 'q: {question}'")
+    g.add_argument("--label-column", default=None)
+    g.add_argument("--kind", default="auto", choices=["auto", "classification", "generation"])
+    g.add_argument("--max-train-examples", type=int, default=None)
+    g.add_argument("--max-eval-examples", type=int, default=200, help="validation examples per periodic eval")
+    g.add_argument("--max-test-examples", type=int, default=None)
+    g = p.add_argument_group("method")
+    g.add_argument("--method", default="lamp", choices=list(METHODS))
+    g.add_argument("--length", type=int, default=None, help="soft prompt tokens l (default 100)")
+    g.add_argument("--rank", type=int, default=None, help="rank r for lamp and dpt (default 8)")
+    g.add_argument("--pool", type=int, default=None, help="lamp: average-pool blocks of p tokens (default 4)")
+    g.add_argument("--init", default=None, choices=["balanced", "paper"], help="lamp: starting Q (default balanced)")
+    g = p.add_argument_group("training")
+    g.add_argument("--steps", type=int, default=None, help="optimizer steps (default 150 unless --epochs)")
+    g.add_argument("--epochs", type=float, default=None)
+    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--lr", type=float, default=None, help="default: the method's measured default (README)")
+    g.add_argument("--weight-decay", type=float, default=1e-5)
+    g.add_argument("--warmup-steps", type=int, default=0)
+    g.add_argument("--grad-clip", type=float, default=1.0)
+    g.add_argument("--max-length", type=int, default=256)
+    g.add_argument("--eval-every", type=int, default=50)
+    g.add_argument("--checkpoint-every", type=int, default=25)
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    g.add_argument("--no-generate-eval", action="store_true", help="skip scoring classification by generation")
+
+
+def spec_from_args(a: argparse.Namespace) -> RunSpec:
+    """Build (and validate) the run's settings from parsed flags."""
+    task = a.task if a.task is not None or a.train_file is not None else "rotten_tomatoes"
+    spec = RunSpec(
+        model=ModelConfig(a.model, a.dtype, a.quantize),
+        method=method_config(a.method, length=a.length, rank=a.rank, pool=a.pool, init=a.init),
+        data=DataConfig(task=task, data_dir=a.data_dir, train_file=a.train_file, eval_file=a.eval_file,
+                        text_column=a.text_column, template=a.template, label_column=a.label_column, kind=a.kind,
+                        max_train_examples=a.max_train_examples, max_eval_examples=a.max_eval_examples,
+                        max_test_examples=a.max_test_examples),
+        train=TrainConfig(steps=a.steps, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+                          weight_decay=a.weight_decay, warmup_steps=a.warmup_steps, grad_clip=a.grad_clip,
+                          max_length=a.max_length, eval_every=a.eval_every, checkpoint_every=a.checkpoint_every,
+                          seed=a.seed, device=a.device, threads=a.threads, generate_eval=not a.no_generate_eval),
+    )
+    validate_spec(spec)
+    return spec
+
+
+def default_out_dir(spec: RunSpec) -> Path:
+    from core.backbone import lamp_home
+
+    task = spec.data.task or Path(spec.data.train_file or "data").stem
+    return lamp_home() / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{spec.method.name}-{task}"
+
+
+class ProgressPrinter:
+    """Listens to training events: a tqdm bar on stderr, eval results and warnings as lines."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.bar: Any = None
+        self.quiet = quiet
+
+    def __call__(self, event: Event) -> None:
+        from tqdm import tqdm
+
+        if event.kind == "start":
+            if event.data.get("resumed_from"):
+                self._line(f"resuming from step {event.data['resumed_from']}")
+            self._line(f"{event.data['method']}: {event.data['trainable_params']:,} trainable parameters, "
+                       f"{event.data['prompt_tokens']} prompt tokens, lr {event.data['lr']}")
+            self.bar = tqdm(total=event.total_steps, initial=event.step, file=sys.stderr, disable=self.quiet,
+                            unit="step", dynamic_ncols=True)
+        elif event.kind == "step" and self.bar is not None:
+            self.bar.update(event.step - self.bar.n)
+            self.bar.set_postfix(loss=f"{event.data['loss']:.3f}", ex_s=f"{event.data['examples_per_second']:.1f}",
+                                 norm=f"{event.data['norm_ratio']:.2f}x")
+        elif event.kind in ("eval", "test"):
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in event.data.items())
+            self._line(f"step {event.step} {'validation' if event.kind == 'eval' else 'test'}: {shown}")
+        elif event.kind == "warning":
+            self._line(f"warning at step {event.step}: {event.data['message']}")
+        elif event.kind == "done" and self.bar is not None:
+            self.bar.close()
+
+    def _line(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from core.train import fit
+
+    spec = spec_from_args(a)
+    out = Path(a.out) if a.out else default_out_dir(spec)
+    result = fit(spec, out, on_event=ProgressPrinter(quiet=a.quiet))
+    summary = result.to_json()
+    if a.json:
+        print(json.dumps(summary))
+    else:
+        print(f"artifact: {result.artifact}")
+        print(f"metrics: {json.dumps(result.metrics)}")
+        print(f"{result.steps} steps in {result.train_seconds:.1f}s ({result.examples_per_second:.1f} examples/s), "
+              f"peak memory {result.peak_memory_mb:.0f} MB, {result.trainable_params:,} trainable parameters")
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    """Score the bare model (no prompt) or a trained artifact on a task's test split."""
+    from core.backbone import load_backbone, resolve_device
+    from core.batching import Codec
+    from core.evaluate import evaluate
+    from core.train import load_task
+
+    if a.artifact:
+        from core.inference import Predictor
+
+        pred = Predictor.load(a.artifact, device=a.device)
+        spec, backbone, prompt = pred.artifact.spec, pred.backbone, pred.prompt
+    else:
+        spec = spec_from_args(a)
+        backbone, prompt = load_backbone(spec.model, resolve_device(spec.train.device)), None
+    task = load_task(spec.data, spec.train.seed)
+    codec = Codec.for_backbone(backbone, task.answer_cue, spec.train.max_length)
+    examples = task.test[: a.max_test_examples]
+    metrics, scoring = evaluate(backbone, prompt, codec, task, examples, generate=not a.no_generate_eval)
+    out = {"metrics": metrics, "scoring": scoring, "examples": len(examples), "prompt": bool(a.artifact)}
+    print(json.dumps(out) if a.json else "\n".join(f"{k}: {v:.4f} ({scoring[k]})" for k, v in metrics.items()))
+    return 0
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from core.inference import Predictor, render_source
+
+    pred = Predictor.load(a.artifact, device=a.device, model=a.model)
+    texts = list(a.text or [])
+    if a.input_file:
+        texts += [line.rstrip("\n") for line in Path(a.input_file).read_text(encoding="utf-8").splitlines() if line]
+    if not texts and not a.field:
+        raise LampError("give --text (repeatable), --input-file, or --field name=value")
+    fields = dict(f.split("=", 1) for f in a.field or [])
+    if a.raw:
+        sources = texts
+    elif texts:
+        sources = [render_source(pred.template, t, fields) for t in texts]
+    else:
+        sources = [render_source(pred.template, None, fields)]
+    for p in pred.predict(sources, use_prompt=not a.bare):
+        if a.json:
+            print(json.dumps({"input": p.source, "answer": p.answer, "generated": p.generated, "scores": p.scores}))
+        else:
+            scores = "  ".join(f"{w}={s:.3f}" for w, s in p.scores.items())
+            print(f"{p.answer}\t{scores}" if scores else p.answer)
+    return 0
+
+
+def cmd_params(a: argparse.Namespace) -> int:
+    counts = trainable_param_counts(a.hidden_size, a.length, a.rank, a.pool)
+    if a.json:
+        print(json.dumps(counts))
+    else:
+        for name, n in counts.items():
+            print(f"{name:14s} {n:>12,}")
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from core.export import export_peft
+
+    out = export_peft(a.artifact, a.out, base_model=a.base_model)
+    print(str(out))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lamp", description="LAMP Studio: prompt tuning of frozen models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="one tuning run in the foreground, with a progress bar")
+    add_spec_arguments(p)
+    p.add_argument("--out", default=None, help="artifact directory (default $LAMP_HOME/runs/<time>-<method>-<task>)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("eval", help="score the bare model, or --artifact, on a task's test split")
+    add_spec_arguments(p)
+    p.add_argument("--artifact", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_eval)
+
+    p = sub.add_parser("predict", help="answer with a trained prompt")
+    p.add_argument("--artifact", required=True)
+    p.add_argument("--text", action="append", help="input text (repeatable); the task's template is applied")
+    p.add_argument("--input-file", default=None, help="one input per line")
+    p.add_argument("--field", action="append", help="name=value for tasks whose input has several fields")
+    p.add_argument("--raw", action="store_true", help="use --text as the model input as is, no template")
+    p.add_argument("--bare", action="store_true", help="answer with the bare model, without the prompt")
+    p.add_argument("--model", default=None, help="another backbone with the same hidden size")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_predict)
+
+    p = sub.add_parser("params", help="trainable parameters per method, from the formulas (no model loaded)")
+    p.add_argument("--hidden-size", type=int, required=True)
+    p.add_argument("--length", type=int, required=True)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--pool", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_params)
+
+    p = sub.add_parser("export", help="write a PEFT prompt-tuning adapter of the pooled prompt")
+    p.add_argument("--artifact", required=True)
+    p.add_argument("--format", default="peft", choices=["peft"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--base-model", default=None, help="base model id to record (default: the one trained on)")
+    p.set_defaults(handler=cmd_export)
+
+    for name in PLUGINS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+        return code
+    except LampError as exc:
+        print(f"lamp {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lamp {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
