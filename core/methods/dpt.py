@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
+from core.methods.checks import length_rank_issues
 
 
 @dataclass(frozen=True)
@@ -22,14 +23,7 @@ class DptConfig:
     name: ClassVar[str] = "dpt"
 
     def __post_init__(self) -> None:
-        issues = []
-        if self.length < 1:
-            issues.append(f"length={self.length}: the prompt needs at least 1 token; use e.g. --length 100")
-        if self.rank < 1:
-            issues.append(f"rank={self.rank}: rank must be at least 1; use e.g. --rank 8")
-        elif self.length >= 1 and self.rank > self.length:
-            issues.append(f"rank={self.rank} > length={self.length}: rank can be at most the prompt length; "
-                          f"lower --rank to {self.length} or raise --length")
+        issues = length_rank_issues(self.length, self.rank)
         if issues:
             raise ConfigError("\n".join(issues))
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
+from core.methods.checks import length_issues
 
 
 @dataclass(frozen=True)
@@ -19,8 +20,9 @@ class PromptTuningConfig:
     name: ClassVar[str] = "prompt-tuning"
 
     def __post_init__(self) -> None:
-        if self.length < 1:
-            raise ConfigError(f"length={self.length}: the prompt needs at least 1 token; use e.g. --length 100")
+        issues = length_issues(self.length)
+        if issues:
+            raise ConfigError("\n".join(issues))
 
     @property
     def prompt_tokens(self) -> int:

