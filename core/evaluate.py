@@ -8,7 +8,7 @@ import torch
 
 from core.backbone import Backbone
 from core.batching import Codec
-from core.scoring import generate, rank_candidates
+from core.scoring import generate, generate_and_rank, rank_candidates
 from core.tasks import Example, TaskData, compute_metrics
 
 GEN_PREFIX = "gen_"
@@ -50,23 +50,28 @@ def evaluate(
     words = task.label_words
     if is_ranked(task, examples):
         cands = [candidates_of(task, e) for e in examples]
-        scores = rank_candidates(backbone, prompt, codec, [e.source for e in examples], cands, batch_size=batch_size)
+        sources = [e.source for e in examples]
+        if generate:
+            texts, scores = generate_and_rank(backbone, prompt, codec, sources, cands, batch_size=batch_size,
+                                              max_new_tokens=max_answer_tokens(codec, task, examples))
+        else:
+            scores = rank_candidates(backbone, prompt, codec, sources, cands, batch_size=batch_size)
         picks = [c[max(range(len(s)), key=s.__getitem__)] for c, s in zip(cands, scores, strict=True)]
         for name, value in compute_metrics(task.metrics, picks, examples, label_words=words).items():
             metrics[name], scoring[name] = value, "rank"
-        if not generate:
-            return metrics, scoring
+        if generate:
+            for name, value in compute_metrics(task.metrics, texts, examples, label_words=words).items():
+                metrics[GEN_PREFIX + name], scoring[GEN_PREFIX + name] = value, "generation"
+        return metrics, scoring
     texts = _generate(backbone, prompt, codec, task, examples, batch_size)
-    prefix = GEN_PREFIX if is_ranked(task, examples) else ""
     for name, value in compute_metrics(task.metrics, texts, examples, label_words=words).items():
-        metrics[prefix + name], scoring[prefix + name] = value, "generation"
+        metrics[name], scoring[name] = value, "generation"
     return metrics, scoring
 
 
 def _generate(backbone: Backbone, prompt: torch.Tensor | None, codec: Codec, task: TaskData,
               examples: Sequence[Example], batch_size: int) -> list[str]:
-    new = max_answer_tokens(codec, task, examples) if is_ranked(task, examples) else 32
-    return generate(backbone, prompt, codec, [e.source for e in examples], max_new_tokens=new,
+    return generate(backbone, prompt, codec, [e.source for e in examples], max_new_tokens=32,
                     batch_size=batch_size)
 
 

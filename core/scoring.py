@@ -146,10 +146,53 @@ def generate(
         if backbone.family == "seq2seq":
             texts = _generate_seq2seq(backbone, p, ids, max_new_tokens)
         else:
-            texts = _generate_causal(backbone, p, ids, max_new_tokens)
+            texts, _ = _generate_causal(backbone, p, ids, max_new_tokens)
         for i, text in zip(idx, texts, strict=True):
             out[i] = text.strip()
     return out
+
+
+def single_token_candidates(codec: Codec, candidates: Sequence[Sequence[str]]) -> list[list[int]] | None:
+    """Each source's candidates as one token id apiece, or None if some candidate takes several tokens."""
+    out = []
+    for cands in candidates:
+        ids = [codec.target(c, eos=False) for c in cands]
+        if any(len(i) != 1 for i in ids):
+            return None
+        out.append([i[0] for i in ids])
+    return out
+
+
+@torch.no_grad()
+def generate_and_rank(
+    backbone: Backbone,
+    prompt: torch.Tensor | None,
+    codec: Codec,
+    sources: Sequence[str],
+    candidates: Sequence[Sequence[str]],
+    *,
+    max_new_tokens: int = 16,
+    batch_size: int = 16,
+) -> tuple[list[str], list[list[float]]]:
+    """Greedy answers and candidate scores from the same passes.
+
+    For a decoder-only model whose candidates are one token each, the first decoding step's distribution is the
+    ranking distribution, so one prefill serves both; otherwise the two are computed separately.
+    """
+    tokens = single_token_candidates(codec, candidates) if backbone.family == "causal" else None
+    if tokens is None:
+        texts = generate(backbone, prompt, codec, sources, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        return texts, rank_candidates(backbone, prompt, codec, sources, candidates, batch_size=batch_size)
+    encoded = [codec.source(s, codec.max_length - 1) for s in sources]
+    p = prompt if prompt is not None else _empty_prompt(backbone)
+    out: list[str] = [""] * len(sources)
+    scores: list[list[float]] = [[] for _ in sources]
+    for idx in eval_batches([len(e) for e in encoded], batch_size):
+        texts, first = _generate_causal(backbone, p, [encoded[i] for i in idx], max_new_tokens)
+        for row, (i, text) in enumerate(zip(idx, texts, strict=True)):
+            out[i] = text.strip()
+            scores[i] = first[row, tokens[i]].tolist()
+    return out, scores
 
 
 def _generate_seq2seq(backbone: Backbone, prompt: torch.Tensor, ids: list[list[int]], new: int) -> list[str]:
@@ -160,8 +203,10 @@ def _generate_seq2seq(backbone: Backbone, prompt: torch.Tensor, ids: list[list[i
     return list(backbone.tokenizer.batch_decode(tokens, skip_special_tokens=True))
 
 
-def _generate_causal(backbone: Backbone, prompt: torch.Tensor, ids: list[list[int]], new: int) -> list[str]:
-    """Greedy decoding with a KV cache.
+def _generate_causal(
+    backbone: Backbone, prompt: torch.Tensor, ids: list[list[int]], new: int
+) -> tuple[list[str], torch.Tensor]:
+    """Greedy decoding with a KV cache; also returns the first step's log-softmax (B, V).
 
     Rows are laid out [prompt][pad][source] with the pads masked out and positions counted over unmasked tokens,
     so every row sees exactly what training showed it ([prompt][source] from position 0), and all rows end at
@@ -178,6 +223,7 @@ def _generate_causal(backbone: Backbone, prompt: torch.Tensor, ids: list[list[in
     embeds, mask = prompted_inputs(backbone, prompt, batch)  # (B, n + S, d), (B, n + S)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V): the answer's first-token distribution
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     result: list[list[int]] = [[] for _ in range(rows)]
     for _ in range(new):
@@ -192,4 +238,4 @@ def _generate_causal(backbone: Backbone, prompt: torch.Tensor, ids: list[list[in
         positions = positions[:, -1:] + 1
         out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions,
                     past_key_values=out.past_key_values, use_cache=True)
-    return [tok.decode(r, skip_special_tokens=True) for r in result]
+    return [tok.decode(r, skip_special_tokens=True) for r in result], first

@@ -84,3 +84,15 @@ def test_length_bucketed_order_covers_every_example_once() -> None:
     flat = [i for b in batches for i in b]
     assert sorted(flat) == list(range(203))
     assert batches == length_bucketed_order(lengths, 16, random.Random(0))
+
+
+def test_generate_and_rank_in_one_pass_equals_the_two_passes(backbone: Backbone) -> None:
+    from core.scoring import generate_and_rank
+
+    codec = Codec.for_backbone(backbone)
+    prompt = torch.randn(3, backbone.hidden_size, generator=torch.Generator().manual_seed(1)) * 0.05
+    words = [["negative", "positive"]] * len(TEXTS)
+    texts, scores = generate_and_rank(backbone, prompt, codec, TEXTS, words, max_new_tokens=4)
+    assert texts == generate(backbone, prompt, codec, TEXTS, max_new_tokens=4)
+    assert_close(torch.tensor(scores), torch.tensor(rank_candidates(backbone, prompt, codec, TEXTS, words)),
+                 rtol=1e-4, atol=1e-4)
