@@ -91,11 +91,17 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)  # atomic: a crash mid-write leaves the previous checkpoint intact
 
 
+def _resume_key(spec_dict: dict[str, Any]) -> dict[str, Any]:
+    """The settings a checkpoint must share to be resumed: all but where and how fast it runs."""
+    train = {k: v for k, v in spec_dict["train"].items() if k not in ("device", "threads")}
+    return {**spec_dict, "train": train}
+
+
 def _load_checkpoint(path: Path, spec_dict: dict[str, Any]) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
-    if state["spec"] != spec_dict:
+    if _resume_key(state["spec"]) != _resume_key(spec_dict):
         raise ConfigError(f"{path.parent} holds a checkpoint of a run with other settings; use another --out "
                           "or delete that directory to start over")
     return state
@@ -166,6 +172,11 @@ def fit(
         torch.set_rng_state(state["torch_rng"])
         resumed_from = step
     history = out / "history.jsonl"
+    if resumed_from is not None and history.is_file():  # drop what was logged after the checkpoint
+        kept = [line for line in history.read_text().splitlines() if json.loads(line)["step"] <= resumed_from]
+        history.write_text("".join(f"{line}\n" for line in kept))
+    elif resumed_from is None:
+        history.unlink(missing_ok=True)
 
     def send(event: Event) -> None:
         if event.kind in ("step", "eval", "warning", "test"):

@@ -94,6 +94,8 @@ def test_a_stopped_run_resumes_to_the_same_prompt(family: str, tiny_dirs: dict[s
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
     assert whole.metrics == resumed.metrics
+    logged = [json.loads(line) for line in (tmp_path / "split" / "history.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in logged if e["kind"] == "step"] == list(range(1, 11))
 
 
 def test_a_checkpoint_of_other_settings_is_not_resumed(tiny_llama_dir: Path, sentiment_csv: Path,
@@ -148,3 +150,28 @@ def test_lr_schedule() -> None:
     assert lr_at(3, 1.0, 4, 20) == pytest.approx(1.0)
     assert lr_at(12, 1.0, 4, 20) == pytest.approx(0.5)
     assert lr_at(20, 1.0, 4, 20) == 0.0
+
+
+def test_bfloat16_backbone_trains_a_float32_prompt(tiny_llama_dir: Path, sentiment_csv: Path, tmp_path: Path) -> None:
+    spec = _spec(tiny_llama_dir, sentiment_csv, steps=2, eval_every=2)
+    spec = RunSpec(model=ModelConfig(str(tiny_llama_dir), dtype="bfloat16"), method=spec.method, data=spec.data,
+                   train=spec.train)
+    result = fit(spec, tmp_path)
+    params = load_file(f"{result.artifact}/prompt_params.safetensors")
+    assert all(t.dtype == torch.float32 for t in params.values())
+    assert all(torch.isfinite(t).all() for t in params.values())
+
+
+def test_4bit_needs_cuda(tiny_llama_dir: Path) -> None:
+    from core.backbone import load_backbone
+    from core.errors import DeviceError
+
+    with pytest.raises(ConfigError, match="4bit needs a CUDA device"):
+        validate_spec(RunSpec(model=ModelConfig("default", quantize="4bit"), train=TrainConfig(device="cpu")))
+    with pytest.raises(DeviceError, match="CUDA"):
+        load_backbone(ModelConfig(str(tiny_llama_dir), quantize="4bit"), torch.device("cpu"))
+    if not torch.cuda.is_available():
+        from core.backbone import resolve_device
+
+        with pytest.raises(DeviceError, match="no CUDA device"):
+            resolve_device("cuda:0")
