@@ -173,7 +173,7 @@ def fit(
         resumed_from = step
     history = out / "history.jsonl"
     if resumed_from is not None and history.is_file():  # drop what was logged after the checkpoint
-        kept = [line for line in history.read_text().splitlines() if json.loads(line)["step"] <= resumed_from]
+        kept = [line for line in history.read_text().splitlines() if _logged_step(line) <= resumed_from]
         history.write_text("".join(f"{line}\n" for line in kept))
     elif resumed_from is None:
         history.unlink(missing_ok=True)
@@ -290,6 +290,14 @@ def fit(
     write_json_atomic(out / "result.json", result.to_json())
     emit(Event("done", step, steps, result.to_json()))
     return result
+
+
+def _logged_step(line: str) -> float:
+    """The step of a history line; a line cut short by a crash counts as after any checkpoint (dropped)."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def _hub_id(backbone: Backbone) -> str:
