@@ -1,0 +1,183 @@
+"""The training process of one job attempt, spawned by jobs/runner.py (spawn, not fork: CUDA breaks under fork).
+
+It runs `core.train.fit` with two listeners of its own: `MetricWriter` (events -> metric rows, in batches) and
+`StopCheck` (fit's should_stop: SIGTERM from the worker, cancel in the store, the job taken over, the worker gone).
+It sends one message back through a pipe and exits:
+    ("done", FitResult.to_json()) | ("stopped", why) | ("error", message) | ("crash", traceback)
+"error" is a LampError that a retry would repeat (bad data, divergence, out of memory): the job FAILS. Anything
+else, or dying without a message, is a crash: the job is retried from its checkpoint. Imports of torch and core
+stay inside functions so that CUDA_VISIBLE_DEVICES is set before torch loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from jobs import store
+from jobs.db import read, transact
+from jobs.store import Point
+
+SPLITS = {"step": "train", "eval": "val", "test": "test"}
+FLUSH_SECONDS = 0.5
+FLUSH_POINTS = 200
+POLL_SECONDS = 1.0
+
+
+def queue_spec(spec: Any) -> Any:
+    """The spec a queued job trains with. In the queue the worker picks the GPU (`lamp worker --device cuda:N` sets
+    CUDA_VISIBLE_DEVICES); a job only says whether it must stay on the CPU."""
+    from core.spec import with_train
+
+    return with_train(spec, device="cpu" if spec.train.device == "cpu" else "auto")
+
+
+def event_points(kind: str, step: int, data: dict[str, Any]) -> list[Point]:
+    split = SPLITS.get(kind)
+    if split is None:
+        return []
+    return [Point(step, split, name, float(v) if math.isfinite(v) else None)
+            for name, v in data.items() if isinstance(v, int | float) and not isinstance(v, bool)]
+
+
+class MetricWriter:
+    """fit's on_event: buffers metric points and writes them in one short transaction every FLUSH_SECONDS (or
+    FLUSH_POINTS points, and at each evaluation and the end). A resumed attempt first re-reads the artifact's
+    history.jsonl up to its checkpoint, so points that a killed attempt had not flushed yet are not lost."""
+
+    def __init__(self, job_id: int, attempt: int, url: str, out_dir: Path) -> None:
+        self.job_id, self.attempt, self.url, self.out_dir = job_id, attempt, url, out_dir
+        self.points: list[Point] = []
+        self.step: int | None = None
+        self.last_flush = time.monotonic()
+        self.fenced = False
+        """Set when the store refused a write: the job is no longer this attempt's."""
+
+    def __call__(self, event: Any) -> None:
+        if event.kind == "start":
+            self._start(event.data.get("resumed_from"), event.total_steps)
+            return
+        new = event_points(event.kind, event.step, event.data)
+        self.points += new
+        if event.kind == "step":
+            self.step = event.step
+        urgent = event.kind in ("eval", "test", "done")
+        if urgent or len(self.points) >= FLUSH_POINTS or time.monotonic() - self.last_flush >= FLUSH_SECONDS:
+            self.flush()
+
+    def _start(self, resumed_from: int | None, total_steps: int) -> None:
+        ok = transact(store.start_attempt, url=self.url, job_id=self.job_id, attempt=self.attempt,
+                      resumed_from=resumed_from, total_steps=total_steps)
+        self.fenced = not ok
+        if resumed_from:
+            self.points = history_points(self.out_dir / "history.jsonl", resumed_from)
+            self.step = resumed_from
+            self.flush()
+
+    def flush(self) -> None:
+        if self.fenced or (not self.points and self.step is None):
+            return
+        ok = transact(store.add_metrics, url=self.url, job_id=self.job_id, attempt=self.attempt,
+                      points=self.points, step=self.step)
+        self.fenced = not ok
+        self.points, self.step, self.last_flush = [], None, time.monotonic()
+
+
+def history_points(path: Path, up_to: int) -> list[Point]:
+    """Points of the events an artifact's history.jsonl recorded at steps <= up_to (a later line wins)."""
+    points: dict[tuple[int, str, str], Point] = {}
+    if not path.is_file():
+        return []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+        kind, step = record.pop("kind", None), record.pop("step", None)
+        if isinstance(kind, str) and isinstance(step, int) and step <= up_to:
+            for p in event_points(kind, step, record):
+                points[(p.step, p.split, p.name)] = p
+    return list(points.values())
+
+
+class StopCheck:
+    """fit's should_stop: cheap checks every step, the store at most once per POLL_SECONDS."""
+
+    def __init__(self, job_id: int, attempt: int, url: str, parent_pid: int, writer: MetricWriter) -> None:
+        self.job_id, self.attempt, self.url, self.parent_pid, self.writer = job_id, attempt, url, parent_pid, writer
+        self.signalled = threading.Event()
+        self.last_poll = time.monotonic()
+
+    def __call__(self) -> bool:
+        if self.signalled.is_set() or self.writer.fenced or os.getppid() != self.parent_pid:
+            return True
+        if time.monotonic() - self.last_poll < POLL_SECONDS:
+            return False
+        self.last_poll = time.monotonic()
+        return read(store.should_stop, url=self.url, job_id=self.job_id, attempt=self.attempt)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """If the worker dies (SIGKILL, OOM killer), take the training down with it at once (Linux), rather than
+    leave it running beside the attempt the reaper will start; StopCheck's getppid() test covers other systems."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def train_attempt(job_id: int, attempt: int, url: str, out_dir: str, visible_devices: str | None,
+                  threads: int | None, parent_pid: int, conn: Connection) -> None:
+    """Entry point of the spawned process."""
+    os.setsid()  # a terminal's Ctrl-C goes to the worker, which decides what the training does
+    _die_with_parent(parent_pid)
+    if visible_devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible_devices
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    writer = MetricWriter(job_id, attempt, url, Path(out_dir))
+    stop = StopCheck(job_id, attempt, url, parent_pid, writer)
+    signal.signal(signal.SIGTERM, lambda *_: stop.signalled.set())  # the worker's "checkpoint and stop"
+    try:
+        message = _train(job_id, url, Path(out_dir), threads, writer, stop)
+    except BaseException:  # a crash: the worker retries from the checkpoint
+        message = ("crash", traceback.format_exc(limit=20))
+    conn.send(message)
+    conn.close()
+
+
+def _train(job_id: int, url: str, out_dir: Path, threads: int | None, writer: MetricWriter,
+           stop: StopCheck) -> tuple[str, Any]:
+    import torch
+
+    from core.errors import Cancelled, LampError
+    from core.spec import spec_from_dict
+    from core.train import fit
+
+    job = read(store.get_job, url=url, job_id=job_id)
+    if job is None:
+        return ("error", f"job {job_id} is gone from the store")
+    spec = queue_spec(spec_from_dict(job.spec))
+    if threads is not None and spec.train.threads is None:
+        torch.set_num_threads(threads)
+    try:
+        result = fit(spec, out_dir, on_event=writer, should_stop=stop)
+    except Cancelled as exc:
+        writer.flush()
+        return ("stopped", str(exc))
+    except LampError as exc:
+        writer.flush()
+        return ("error", f"{type(exc).__name__}: {exc}")
+    writer.flush()
+    return ("done", result.to_json())

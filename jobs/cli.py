@@ -1,0 +1,120 @@
+"""`lamp submit`, `lamp jobs`, `lamp cancel` and `lamp worker` (registered into core.cli's parser)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from typing import Any
+
+from core.cli import add_spec_arguments, spec_from_args
+
+
+def cmd_submit(a: argparse.Namespace) -> int:
+    spec = spec_from_args(a)  # validates: a bad spec stops here, before the store or the queue is touched
+    from jobs.db import upgrade_database
+    from jobs.tasks import submit
+
+    upgrade_database()
+    job_id = submit(spec, max_attempts=a.max_attempts)
+    print(json.dumps({"id": job_id}) if a.json else job_id)
+    return 0
+
+
+def _age(iso: str | None) -> str:
+    return iso[:19].replace("T", " ") if iso else "-"
+
+
+def _row(job: dict[str, Any]) -> list[str]:
+    step = f"{job['step']}/{job['total_steps']}" if job["total_steps"] else str(job["step"] or "-")
+    metrics = ", ".join(f"{k} {v:.3f}" for k, v in (job.get("metrics") or {}).items())
+    error = (job["error"] or "").splitlines()[-1:] if job["status"] != "SUCCEEDED" else []
+    note = metrics or (error[0][:60] if error else "")
+    if job["cancel_requested"] and job["status"] == "RUNNING":
+        note = "cancelling"
+    return [str(job["id"]), job["status"], step, f"{job['attempts']}", str(job["method"]), str(job["model"])[-30:],
+            str(job["task"])[-30:], _age(job["created_at"]), note]
+
+
+def cmd_jobs(a: argparse.Namespace) -> int:
+    from jobs import store
+    from jobs.db import read, upgrade_database
+
+    upgrade_database()
+
+    def summaries(*, session: Any) -> list[dict[str, Any]]:
+        jobs = store.list_jobs(session=session, status=a.status, limit=a.limit)
+        results = store.results_for(session=session, job_ids=[j.id for j in jobs])
+        return [store.job_summary(j, results.get(j.id)) for j in jobs]
+
+    rows = read(summaries)
+    if a.json:
+        print(json.dumps(rows))
+        return 0
+    table = [["ID", "STATUS", "STEP", "RUNS", "METHOD", "MODEL", "DATA", "CREATED (UTC)", "RESULT / ERROR"]]
+    table += [_row(job) for job in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for r in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_cancel(a: argparse.Namespace) -> int:
+    from jobs.db import upgrade_database
+    from jobs.models import Status
+    from jobs.tasks import cancel
+
+    upgrade_database()
+    for job_id in a.ids:
+        status = cancel(job_id)
+        if status == Status.RUNNING:
+            print(f"job {job_id}: cancel requested; its worker stops it within seconds")
+        elif status == Status.CANCELLED:
+            print(f"job {job_id}: CANCELLED")
+        else:
+            print(f"job {job_id}: already {status}; nothing to cancel")
+    return 0
+
+
+def cmd_worker(a: argparse.Namespace) -> int:
+    from core.errors import ConfigError
+
+    if a.device is not None and not (a.device in ("cpu", "cuda") or a.device.startswith("cuda:")):
+        raise ConfigError(f"--device {a.device}: choose cpu, cuda or cuda:N")
+    if a.workers < 1:
+        raise ConfigError(f"--workers {a.workers}: must be at least 1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from jobs.tasks import run_worker
+
+    run_worker(workers=a.workers, device=a.device, threads=a.threads, lease_seconds=a.lease_seconds)
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("submit", help="queue a tuning job (same flags as `lamp train`); prints its id")
+    add_spec_arguments(p)
+    p.add_argument("--max-attempts", type=int, default=3,
+                   help="give up (FAILED) after this many crashed attempts or dead workers (default 3)")
+    p.add_argument("--json", action="store_true", help='print {"id": N}')
+    p.set_defaults(handler=cmd_submit)
+
+    p = sub.add_parser("jobs", help="list queued, running and finished jobs")
+    p.add_argument("--status", default=None, choices=["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"])
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true", help="a JSON list of objects with id, status, step, ...")
+    p.set_defaults(handler=cmd_jobs)
+
+    p = sub.add_parser("cancel", help="cancel jobs: a queued one never starts, a running one stops")
+    p.add_argument("ids", type=int, nargs="+", metavar="ID")
+    p.set_defaults(handler=cmd_cancel)
+
+    p = sub.add_parser("worker", help="run queued jobs (a huey consumer; one per GPU)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N: the device its jobs train on "
+                   "(default: each job's own; `auto` picks the first GPU)")
+    p.add_argument("--workers", type=int, default=1, help="jobs run at the same time (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per job")
+    p.add_argument("--lease-seconds", type=float, default=None,
+                   help="requeue a job this long after its worker stops heartbeating (default 30, "
+                        "or LAMP_LEASE_SECONDS)")
+    p.set_defaults(handler=cmd_worker)
