@@ -260,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name != name:
+            parents = {name.rsplit(".", i)[0] for i in range(name.count(".") + 1)}
+            if exc.name not in parents:  # the plugin is not installed; a missing dependency inside it is a bug
                 raise
             continue
         module.register(sub)
