@@ -1,14 +1,17 @@
-"""How much each method's initial prompt disturbs the frozen default model, before any training.
+"""How much each method's initial prompt disturbs the frozen default model, and what a training step costs.
 
-Mean per-token loss on the first 16 Rotten Tomatoes training examples with the bare model and with each method's
-initial prompt (seed 42), beside the prompt's per-token norm. Used to choose LAMP's defaults (README, "Choosing
-defaults"). Run: .venv/bin/python scripts/init_loss.py [--model default] [--examples 16]
+For the first 16 Rotten Tomatoes training examples (one batch of the default size): the mean loss per answer token
+with the bare model and with each method's initial prompt (seed 42), the prompt's per-token norm relative to the
+vocabulary's, and the median time of a forward + backward pass through the prompt (after one warm-up pass). Used to
+choose LAMP's defaults (README, "Choosing defaults"). Run: .venv/bin/python scripts/init_loss.py
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import time
 
 import torch
 
@@ -36,6 +39,7 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--examples", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per setting, after one warm-up")
     a = parser.parse_args()
     torch.set_num_threads(a.threads)
     backbone = load_backbone(ModelConfig(a.model), resolve_device("cpu"))
@@ -46,22 +50,35 @@ def main() -> None:
     common = common_token_ids(backbone.tokenizer)
     table = backbone.embedding_table()
     vocab_norm = table[torch.tensor(common)].norm(dim=-1).mean().item()
-    rows = []
+    rows: list[dict[str, object]] = []
     with torch.no_grad():
-        rows.append({"setting": "bare model", "loss": loss_fn(backbone, table[:0], batch).item(), "norm_ratio": None})
-        for name, knobs in SETTINGS:
-            module, _ = build_prompt(method_config(name, **knobs), table, common, torch.Generator().manual_seed(42))
-            prompt = module()
-            rows.append({"setting": f"{name} {knobs}", "loss": loss_fn(backbone, prompt, batch).item(),
-                         "norm_ratio": prompt.norm(dim=-1).mean().item() / vocab_norm})
+        rows.append({"setting": "bare model", "loss": loss_fn(backbone, table[:0], batch).item()})
         mean = table[torch.tensor(common)].mean(0, keepdim=True).expand(25, -1)
         rows.append({"setting": "the mean common-token embedding x 25", "loss": loss_fn(backbone, mean, batch).item(),
                      "norm_ratio": mean.norm(dim=-1).mean().item() / vocab_norm})
-    print("| setting | initial loss | prompt norm / vocabulary norm |\n|---|---|---|")
+    for name, knobs in SETTINGS:
+        module, _ = build_prompt(method_config(name, **knobs), table, common, torch.Generator().manual_seed(42))
+        times = []
+        for _ in range(1 + a.repeats):
+            tick = time.perf_counter()
+            loss = loss_fn(backbone, module(), batch)
+            loss.backward()
+            times.append(time.perf_counter() - tick)
+        with torch.no_grad():
+            prompt = module()
+        rows.append({"setting": f"{name} {knobs}", "loss": loss.item(), "tokens": prompt.shape[0],
+                     "norm_ratio": prompt.norm(dim=-1).mean().item() / vocab_norm,
+                     "step_seconds": statistics.median(times[1:])})
+    print("| setting | prompt tokens | initial loss | prompt norm / vocabulary norm | forward + backward (s) |")
+    print("|---|---|---|---|---|")
     for r in rows:
-        ratio = "" if r["norm_ratio"] is None else f"{r['norm_ratio']:.2f}"
-        print(f"| {r['setting']} | {r['loss']:.2f} | {ratio} |")
+        cells = [r.get("tokens", ""), f"{r['loss']:.2f}", _fmt(r.get("norm_ratio")), _fmt(r.get("step_seconds"))]
+        print(f"| {r['setting']} | " + " | ".join(str(c) for c in cells) + " |")
     print(json.dumps(rows))
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else ""
 
 
 if __name__ == "__main__":
