@@ -63,19 +63,19 @@ def rank_candidates(
     When every candidate of a source is one token, one forward over the source gives all of them at once.
     """
     p = prompt if prompt is not None else _empty_prompt(backbone)
-    targets = {c: codec.target(c, eos=False) for cands in candidates for c in cands}
-    single = [all(len(targets[c]) == 1 for c in cands) for cands in candidates]
+    targets = _answer_tokens(codec, candidates)
+    firsts = [_one_token_each(targets, cands) for cands in candidates]
     out: list[list[float]] = [[] for _ in sources]
-    short = [i for i, ok in enumerate(single) if ok]
+    short = [i for i, ids in enumerate(firsts) if ids is not None]
     if short:
-        firsts = [[targets[c][0] for c in candidates[i]] for i in short]
-        for i, row in zip(short, _next_token_logprobs(backbone, p, codec, [sources[i] for i in short], firsts,
+        tokens = [firsts[i] or [] for i in short]
+        for i, row in zip(short, _next_token_logprobs(backbone, p, codec, [sources[i] for i in short], tokens,
                                                       batch_size), strict=True):
             out[i] = row
     flat: list[Encoded] = []
     owner: list[int] = []
     for i, (src, cands) in enumerate(zip(sources, candidates, strict=True)):
-        if not single[i]:
+        if firsts[i] is None:
             for cand in cands:
                 flat.append(Encoded(codec.source(src, _budget(codec, targets[cand])), targets[cand]))
                 owner.append(i)
@@ -152,14 +152,26 @@ def generate(
     return out
 
 
+def _answer_tokens(codec: Codec, candidates: Sequence[Sequence[str]]) -> dict[str, list[int]]:
+    """Each distinct candidate's tokens (no end marker), tokenised once."""
+    return {c: codec.target(c, eos=False) for cands in candidates for c in cands}
+
+
+def _one_token_each(targets: dict[str, list[int]], cands: Sequence[str]) -> list[int] | None:
+    """The candidates' token ids if every one of them is a single token, else None."""
+    ids = [targets[c] for c in cands]
+    return [i[0] for i in ids] if all(len(i) == 1 for i in ids) else None
+
+
 def single_token_candidates(codec: Codec, candidates: Sequence[Sequence[str]]) -> list[list[int]] | None:
     """Each source's candidates as one token id apiece, or None if some candidate takes several tokens."""
+    targets = _answer_tokens(codec, candidates)
     out = []
     for cands in candidates:
-        ids = [codec.target(c, eos=False) for c in cands]
-        if any(len(i) != 1 for i in ids):
+        ids = _one_token_each(targets, cands)
+        if ids is None:
             return None
-        out.append([i[0] for i in ids])
+        out.append(ids)
     return out
 
 
