@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts the services the queue and store tests talk to: redis-server and a PostgreSQL cluster, both on 127.0.0.1,
-# from Debian's packages (installed with apt-get if missing). Non-interactive, idempotent, quick when they already
-# run. Its only output on stdout is one line for the caller to eval:
+# from Debian's packages (installed with apt-get if missing; Debian's chromium too, for the dashboard's browser
+# tests). Non-interactive, idempotent, quick when they already run. Its only output on stdout is one line for the caller to eval:
 #   export LAMP_TEST_REDIS_URL=redis://127.0.0.1:6379/15 LAMP_TEST_POSTGRES_URL=postgresql+psycopg://lamp:...
 # Usage: eval "$(bash scripts/ci-services.sh)"      (as root, or as a user with passwordless sudo)
 set -euo pipefail
@@ -18,6 +18,7 @@ as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else su
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || missing+=(postgresql)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # the dashboard's browser tests (Playwright)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "ci-services: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -1,0 +1,88 @@
+"""The Compare tab as plain functions: the table behind the charts, the charts, and its CSV download."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from app.monitor import data_name, main_metric
+from app.settings import exports_dir
+from jobs import store
+from jobs.db import read
+from jobs.models import Status
+
+COLUMNS = ["job", "method", "model", "data", "length", "rank", "pool", "prompt_tokens", "trainable_params",
+           "peak_memory_mb", "train_seconds", "examples_per_second", "steps", "metric", "score", "gen_accuracy"]
+METHOD_COLORS = {"lamp": "#2563eb", "prompt-tuning": "#dc2626", "dpt": "#16a34a"}
+
+
+def compare_frame(job_ids: Sequence[int]) -> pd.DataFrame:
+    """One row per finished job with a result; other ids are left out."""
+    ids = sorted({int(i) for i in job_ids})
+    results = read(store.results_for, job_ids=ids)
+    rows = []
+    for job_id in ids:
+        job = read(store.get_job, job_id=job_id)
+        result = results.get(job_id)
+        if job is None or result is None or job.status != Status.SUCCEEDED:
+            continue
+        m = job.spec.get("method", {})
+        name = m.get("name")
+        length = m.get("length")
+        pool = m.get("pool", 1) if name == "lamp" else 1
+        metric = main_metric(result.metrics) or ("", float("nan"))
+        rows.append([job_id, name, job.spec.get("model", {}).get("name"), data_name(job.spec), length,
+                     m.get("rank") if name in ("lamp", "dpt") else None, pool,
+                     length // pool if length else None, result.trainable_params, round(result.peak_memory_mb, 1),
+                     round(result.train_seconds, 2), round(result.examples_per_second, 2), result.steps,
+                     metric[0], metric[1], result.metrics.get("gen_accuracy")])
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _label(row: pd.Series) -> str:
+    return f"#{row['job']} {row['method']}"
+
+
+def cost_figure(df: pd.DataFrame) -> go.Figure:
+    """Trainable parameters, peak memory, training time and the main metric, one bar per job."""
+    panels = (("trainable_params", "Trainable parameters"), ("peak_memory_mb", "Peak memory (MiB)"),
+              ("train_seconds", "Training time (s)"), ("score", "Test metric"))
+    fig = make_subplots(rows=2, cols=2, subplot_titles=[p[1] for p in panels], vertical_spacing=0.2)
+    labels = [_label(r) for _, r in df.iterrows()]
+    colors = [METHOD_COLORS.get(m, "#6b7280") for m in df["method"]] if len(df) else []
+    for i, (column, title) in enumerate(panels):
+        fig.add_trace(go.Bar(x=labels, y=df[column], marker_color=colors, name=title, showlegend=False,
+                             text=[f"{v:,.3g}" if pd.notna(v) else "" for v in df[column]], textposition="auto"),
+                      row=i // 2 + 1, col=i % 2 + 1)
+    fig.update_yaxes(type="log", row=1, col=1)
+    fig.update_layout(height=560, margin={"l": 50, "r": 20, "t": 50, "b": 40}, template="plotly_white",
+                      title="Cost and accuracy per job (blue LAMP, red prompt tuning, green DPT)")
+    return fig
+
+
+def knob_figure(df: pd.DataFrame) -> go.Figure:
+    """The main metric against rank, prompt length and pool, one colour per method."""
+    knobs = (("rank", "rank r"), ("length", "prompt length l"), ("pool", "pool p"))
+    fig = make_subplots(rows=1, cols=3, subplot_titles=[k[1] for k in knobs], shared_yaxes=True)
+    for method, group in df.groupby("method") if len(df) else []:
+        for i, (column, _title) in enumerate(knobs):
+            sub = group.dropna(subset=[column]).sort_values(column)
+            fig.add_trace(go.Scatter(x=sub[column], y=sub["score"], mode="markers+lines", name=str(method),
+                                     legendgroup=str(method), showlegend=i == 0,
+                                     marker={"size": 10, "color": METHOD_COLORS.get(str(method), "#6b7280")},
+                                     text=[f"job {j}" for j in sub["job"]]), row=1, col=i + 1)
+    fig.update_yaxes(title_text="test metric", row=1, col=1)
+    fig.update_layout(height=380, margin={"l": 50, "r": 20, "t": 50, "b": 40}, template="plotly_white",
+                      title="Accuracy against the knobs")
+    return fig
+
+
+def compare_csv(df: pd.DataFrame) -> str:
+    path = exports_dir() / "lamp-compare.csv"
+    partial = path.with_name(path.name + ".part")
+    df.to_csv(partial, index=False)
+    partial.replace(path)
+    return str(path)

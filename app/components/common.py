@@ -1,0 +1,30 @@
+"""Small pieces every tab uses."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import gradio as gr
+
+from core.errors import LampError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly(fn: F) -> F:
+    """A handler's LampError (bad input, missing artifact, ...) becomes a message in the page, not a stack trace."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LampError as exc:
+            raise gr.Error(str(exc), print_exception=False) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def warn(message: str) -> str:
+    return f"⚠ {message}" if message else ""

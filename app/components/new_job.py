@@ -1,0 +1,190 @@
+"""The New job tab: model, task or uploaded data, method and knobs, training settings; live parameter count;
+problems shown beside the field at fault; Launch puts the job on the queue."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from app import forms
+from app.components.common import friendly, warn
+from app.settings import ServeSettings
+from app.uploads import accept_upload, guess_columns
+from core.errors import DataError
+from core.methods import METHODS
+from core.tasks import BUILTIN_TASKS
+
+INFO = {
+    "model": "`default` (the offline SmolLM2-135M-Instruct), a hub id, or a folder on the worker's disk",
+    "dtype": "of the frozen backbone; the prompt trains in float32",
+    "quantize": "4bit = bitsandbytes NF4 (CUDA workers only)",
+    "task": "built-in tasks; GLUE/SuperGLUE ones need the hub or a local copy",
+    "text_column": "the model's input",
+    "template": "instead of a text column, e.g. `question: {question} passage: {passage}`",
+    "label_column": "the answer: label words (classification) or free text (generation)",
+    "kind": "auto: classification when the label column has few distinct values",
+    "method": "LAMP (Lan et al. 2025), vanilla prompt tuning, or DPT",
+    "length": "l: soft-prompt tokens before pooling",
+    "rank": "r: rank kept from the SVD (LAMP) or of A·B (DPT)",
+    "pool": "p: LAMP averages blocks of p tokens; the model sees l/p",
+    "steps": "optimizer steps",
+    "batch_size": "examples per step (the paper: 16)",
+    "lr": "learning rate; empty = the measured default (0.01)",
+    "weight_decay": "AdamW weight decay (the paper: 1e-5)",
+    "max_length": "longest input in tokens, prompt excluded (the paper: 256)",
+    "eval_every": "steps between evaluations (also the checkpoint cadence, at most 25)",
+    "seed": "same seed, same data order and init: runs repeat on the CPU",
+    "device": "auto: the worker's device",
+    "max_attempts": "runs after a crash or a dead worker before the job fails",
+}
+
+
+@dataclass
+class NewJobTab:
+    inputs: dict[str, Any]
+    submit: gr.Button
+    result: gr.Markdown
+    submitted: gr.Number
+
+
+def _field_updates(problems: dict[str, str]) -> list[Any]:
+    return [gr.update(info=warn(problems[name]) if name in problems else INFO[name],
+                      elem_classes=["lamp-field-error"] if name in problems else [])
+            for name in INFO]
+
+
+def build(settings: ServeSettings) -> NewJobTab:
+    d = forms.DEFAULTS
+    with gr.Row():
+        preset = gr.Dropdown(list(forms.PRESETS), value=None, label="Preset", scale=1,
+                             info="fills the form; change anything afterwards")
+        preset_note = gr.Markdown(elem_id="preset-note")
+    with gr.Row(equal_height=False):
+        with gr.Column(variant="panel"):
+            gr.Markdown("#### Model")
+            c: dict[str, Any] = {}
+            c["model"] = gr.Textbox(d["model"], label="Model", info=INFO["model"], elem_id="field-model")
+            with gr.Row():
+                c["dtype"] = gr.Dropdown(["float32", "bfloat16", "float16"], value=d["dtype"], label="dtype",
+                                         info=INFO["dtype"])
+                c["quantize"] = gr.Dropdown(["none", "4bit"], value=d["quantize"], label="Quantize",
+                                            info=INFO["quantize"])
+            gr.Markdown("#### Method")
+            c["method"] = gr.Radio(list(METHODS), value=d["method"], label="Method", info=INFO["method"],
+                                   elem_id="field-method")
+            with gr.Row():
+                c["length"] = gr.Number(d["length"], label="Prompt length", precision=0, info=INFO["length"],
+                                        elem_id="field-length")
+                c["rank"] = gr.Number(d["rank"], label="Rank", precision=0, info=INFO["rank"], elem_id="field-rank")
+                c["pool"] = gr.Number(d["pool"], label="Pool", precision=0, info=INFO["pool"], elem_id="field-pool")
+            params = gr.Markdown(forms.param_summary(d["model"], d["method"], d["length"], d["rank"], d["pool"]),
+                                 elem_id="param-count")
+        with gr.Column(variant="panel"):
+            gr.Markdown("#### Data")
+            c["source"] = gr.Radio(list(forms.SOURCES), value=d["source"], label="Data", show_label=False)
+            c["task"] = gr.Dropdown(list(BUILTIN_TASKS), value=d["task"], label="Built-in task", info=INFO["task"])
+            upload = gr.File(label=f"Your data: CSV, TSV, JSONL, JSON or Parquet (up to {settings.max_upload_mb} "
+                             "MiB)", file_types=[".csv", ".tsv", ".jsonl", ".json", ".parquet"], elem_id="upload",
+                             visible=False)
+            upload_error = gr.Markdown(elem_id="upload-error", elem_classes=["lamp-error"])
+            c["data_file"] = gr.Textbox(d["data_file"], visible=False)
+            preview = gr.Dataframe(label="First rows", visible=False, interactive=False, max_height=220,
+                                   elem_id="preview")
+            with gr.Row(visible=False) as columns_row:
+                c["text_column"] = gr.Dropdown([], label="Text column", info=INFO["text_column"],
+                                               elem_id="field-text-column")
+                c["label_column"] = gr.Dropdown([], label="Label column", info=INFO["label_column"],
+                                                elem_id="field-label-column")
+            with gr.Row(visible=False) as template_row:
+                c["template"] = gr.Textbox(d["template"], label="Template (optional)", info=INFO["template"])
+                c["kind"] = gr.Radio(["auto", "classification", "generation"], value=d["kind"], label="Kind",
+                                     info=INFO["kind"])
+    with gr.Accordion("Training", open=True), gr.Row():
+        c["steps"] = gr.Number(d["steps"], label="Steps", precision=0, info=INFO["steps"], elem_id="field-steps")
+        c["batch_size"] = gr.Number(d["batch_size"], label="Batch size", precision=0, info=INFO["batch_size"])
+        c["lr"] = gr.Textbox("", label="Learning rate", info=INFO["lr"], elem_id="field-lr", placeholder="default")
+        c["weight_decay"] = gr.Number(d["weight_decay"], label="Weight decay", info=INFO["weight_decay"])
+        c["max_length"] = gr.Number(d["max_length"], label="Max length", precision=0, info=INFO["max_length"])
+        c["eval_every"] = gr.Number(d["eval_every"], label="Evaluate every", precision=0, info=INFO["eval_every"])
+        c["seed"] = gr.Number(d["seed"], label="Seed", precision=0, info=INFO["seed"])
+        c["device"] = gr.Dropdown(["auto", "cpu", "cuda"], value=d["device"], label="Device",
+                                  info=INFO["device"], allow_custom_value=True)
+        c["max_attempts"] = gr.Number(d["max_attempts"], label="Max attempts", precision=0,
+                                      info=INFO["max_attempts"])
+    form_error = gr.Markdown(elem_id="form-error", elem_classes=["lamp-error"])
+    with gr.Row():
+        submit = gr.Button("Launch job", variant="primary", elem_id="launch", scale=0, min_width=200)
+        result = gr.Markdown(elem_id="launch-result")
+    submitted = gr.Number(visible=False, precision=0)
+
+    # ---- events ----
+    inputs = [c[name] for name in forms.FIELDS]
+    with_info = [c[name] for name in INFO]
+
+    def on_source(source: str) -> list[Any]:
+        own = source == forms.OWN_DATA
+        return [gr.update(visible=not own), gr.update(visible=own), gr.update(visible=own),
+                gr.update(visible=own)]
+
+    c["source"].change(on_source, c["source"], [c["task"], upload, columns_row, template_row])
+
+    @friendly
+    def on_upload(path: str | None) -> list[Any]:
+        if not path:
+            return [gr.skip()] * 6
+        try:
+            data = accept_upload(path, max_bytes=settings.max_upload_bytes)
+        except DataError as exc:
+            return ["", gr.update(value=None, visible=False), gr.update(choices=[], value=None),
+                    gr.update(choices=[], value=None), warn(str(exc)), gr.update(value=None)]
+        text, label = guess_columns(data.table)
+        note = f"{len(data.table.rows):,} rows, columns: {', '.join(data.columns)}"
+        return [str(data.path), gr.update(value=data.preview(), visible=True, label=f"First rows · {note}"),
+                gr.update(choices=data.columns, value=text), gr.update(choices=data.columns, value=label), "",
+                gr.skip()]
+
+    upload.upload(on_upload, upload, [c["data_file"], preview, c["text_column"], c["label_column"], upload_error,
+                                      upload])
+
+    def on_knobs(model: str, method: str, length: Any, rank: Any, pool: Any) -> list[Any]:
+        return [forms.param_summary(model, method, length, rank, pool),
+                gr.update(interactive=method != "prompt-tuning"), gr.update(interactive=method == "lamp"),
+                gr.update(info=forms.default_lr_note(method))]
+
+    knob_inputs = [c["model"], c["method"], c["length"], c["rank"], c["pool"]]
+    for comp in knob_inputs:
+        (comp.blur if comp is c["model"] else comp.change)(
+            on_knobs, knob_inputs, [params, c["rank"], c["pool"], c["lr"]], show_progress="hidden")
+
+    @friendly
+    def on_preset(label: str | None) -> list[Any]:
+        if not label:
+            return [gr.skip()] * (len(forms.FIELDS) + 1)
+        values = forms.preset_values(label)
+        return [forms.PRESETS[label].note] + [values[n] if n in values else gr.skip() for n in forms.FIELDS]
+
+    preset.change(on_preset, preset, [preset_note, *inputs])
+
+    def on_submit(*values: Any) -> list[Any]:
+        from jobs.tasks import submit as submit_job
+
+        form = dict(zip(forms.FIELDS, values, strict=True))
+        try:
+            spec, attempts = forms.spec_from_form(form)
+        except forms.FormError as exc:
+            problems = exc.problems
+            general = [f"{k}: {v}" for k, v in problems.items() if k not in INFO and k != "data_file"]
+            count = len(problems)
+            return [*_field_updates(problems), warn(problems.get("data_file", "")),
+                    warn(f"{count} problem(s) to fix before launching" + ("".join(f"\n- {g}" for g in general))),
+                    "", gr.skip()]
+        job_id = submit_job(spec, max_attempts=attempts)
+        return [*_field_updates({}), "", "",
+                f"Job **{job_id}** queued: {spec.method.name} on `{spec.model.name}`; follow it in the Jobs tab.",
+                job_id]
+
+    submit.click(on_submit, inputs, [*with_info, upload_error, form_error, result, submitted],
+                 concurrency_limit=4)
+    return NewJobTab(inputs=c, submit=submit, result=result, submitted=submitted)

@@ -1,0 +1,272 @@
+"""The New job form as plain functions: form values -> RunSpec, problems -> the field at fault, presets, the
+trainable-parameter count for the chosen knobs."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from core.errors import ConfigError, DataError, LampError
+from core.methods import METHODS, LampConfig, method_config
+from core.spec import DEFAULT_LR, DEFAULT_STEPS, DataConfig, ModelConfig, RunSpec, TrainConfig, validate_spec
+from core.tasks import BUILTIN_TASKS
+
+OWN_DATA = "my own file"
+SOURCES = ("built-in task", OWN_DATA)
+DEFAULT_HIDDEN_SIZE = 576
+"""SmolLM2-135M's hidden size, for the count before the default model has been converted once."""
+
+# Every input of the form, in the order the handlers receive them.
+FIELDS = (
+    "model", "dtype", "quantize", "source", "task", "data_file", "text_column", "template", "label_column", "kind",
+    "method", "length", "rank", "pool", "steps", "batch_size", "lr", "weight_decay", "max_length", "eval_every",
+    "seed", "device", "max_attempts",
+)
+DEFAULTS: dict[str, Any] = {
+    "model": "default", "dtype": "float32", "quantize": "none", "source": "built-in task",
+    "task": "rotten_tomatoes", "data_file": "", "text_column": None, "template": "", "label_column": None,
+    "kind": "auto", "method": "lamp", "length": 100, "rank": 8, "pool": 4, "steps": DEFAULT_STEPS,
+    "batch_size": 16, "lr": "", "weight_decay": 1e-5, "max_length": 256, "eval_every": 50, "seed": 42,
+    "device": "auto", "max_attempts": 3,
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    label: str
+    note: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+PRESETS = {
+    p.label: p for p in (
+        Preset("Measured default", "LAMP l=100, r=8, p=4, lr 0.01, 150 steps: the settings measured on the default "
+               "model (README, Choosing defaults).",
+               {"method": "lamp", "length": 100, "rank": 8, "pool": 4, "lr": None, "steps": 150, "batch_size": 16,
+                "max_length": 256, "eval_every": 50}),
+        Preset("Quick look", "A short LAMP run (l=20, p=1, 40 steps) to check data and settings in a few minutes.",
+               {"method": "lamp", "length": 20, "rank": 4, "pool": 1, "lr": None, "steps": 40, "batch_size": 8,
+                "max_length": 128, "eval_every": 20}),
+        Preset("Paper (T5 recipe)", "The paper's T5 settings: l=100, r=8, lr 0.3, batch 16, max length 256. lr 0.3 "
+               "diverges on small decoder-only models such as the default one.",
+               {"method": "lamp", "length": 100, "rank": 8, "pool": 1, "lr": 0.3, "steps": 150, "batch_size": 16,
+                "max_length": 256, "eval_every": 50}),
+        Preset("Prompt tuning baseline", "Vanilla soft prompt (Lester et al. 2021), l=100.",
+               {"method": "prompt-tuning", "length": 100, "lr": None, "steps": 150, "batch_size": 16}),
+        Preset("DPT baseline", "P = A B with random A (l x r), B (r x d) (Xiao et al. 2023), l=100, r=8.",
+               {"method": "dpt", "length": 100, "rank": 8, "lr": None, "steps": 150, "batch_size": 16}),
+    )
+}
+
+
+class FormError(LampError):
+    """Problems with the form, each attached to the field at fault ("" for the form as a whole)."""
+
+    def __init__(self, problems: dict[str, str]) -> None:
+        super().__init__("\n".join(f"{k or 'form'}: {v}" for k, v in problems.items()))
+        self.problems = problems
+
+
+# A problem message from core names its setting first ("rank=9 > ...", "--train x: ...", "data: ..."); this maps
+# that name to the form field a person has to change.
+_FIELD_OF = {
+    "model": "model", "dtype": "dtype", "quantize": "quantize", "data": "task", "--train": "data_file",
+    "--eval": "data_file", "kind": "kind", "steps": "steps", "epochs": "steps", "give": "steps",
+    "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay", "max_length": "max_length",
+    "eval_every": "eval_every", "device": "device", "length": "length", "rank": "rank", "pool": "pool",
+    "method": "method", "init": "method", "max_attempts": "max_attempts", "text_column": "text_column",
+    "label_column": "label_column", "template": "template", "seed": "seed",
+}
+
+
+def field_of(message: str) -> str:
+    """The form field a core problem message is about ("" when none fits)."""
+    match = re.match(r"\s*(--[a-z]+|[a-z_]+)", message)
+    key = match.group(1) if match else ""
+    if key == "data" and "--text-column or --template" in message:
+        return "text_column"
+    if key == "quantize" or message.startswith("quantize=4bit"):
+        return "quantize"
+    return _FIELD_OF.get(key, "")
+
+
+def _add(problems: dict[str, str], message: str, where: str | None = None) -> None:
+    for line in message.splitlines():
+        if not line.strip():
+            continue
+        key = field_of(line) if where is None else where
+        problems[key] = f"{problems[key]}; {line}" if key in problems else line
+
+
+def _int(values: dict[str, Any], name: str, problems: dict[str, str], *, optional: bool = False) -> int | None:
+    raw = values.get(name)
+    if raw is None or raw == "":
+        if optional:
+            return None
+        problems[name] = "required"
+        return None
+    try:
+        number = float(raw)
+    except (TypeError, ValueError):
+        problems[name] = f"{raw!r} is not a number"
+        return None
+    if number != int(number):
+        problems[name] = f"{raw} must be a whole number"
+        return None
+    return int(number)
+
+
+def _float(values: dict[str, Any], name: str, problems: dict[str, str]) -> float | None:
+    raw = values.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        problems[name] = f"{raw!r} is not a number"
+        return None
+
+
+def spec_from_form(values: dict[str, Any]) -> tuple[RunSpec, int]:
+    """The job's settings and max attempts, checked as `lamp submit` checks them. FormError lists every problem,
+    each under its field."""
+    v = {**DEFAULTS, **{k: val for k, val in values.items() if k in FIELDS}}
+    problems: dict[str, str] = {}
+    ints = {n: _int(v, n, problems) for n in ("length", "rank", "pool", "steps", "batch_size", "max_length",
+                                               "eval_every", "seed", "max_attempts")}
+    lr, weight_decay = _float(v, "lr", problems), _float(v, "weight_decay", problems)
+    if problems:
+        raise FormError(problems)
+    try:
+        method = method_config(str(v["method"]), length=ints["length"], rank=ints["rank"], pool=ints["pool"])
+    except ConfigError as exc:
+        _add(problems, str(exc))
+        method = LampConfig()
+    own = v["source"] == OWN_DATA
+    data_file = str(v["data_file"] or "") or None
+    if own and data_file is None:
+        problems["data_file"] = "upload a CSV, TSV, JSONL or Parquet file"
+    template = (v["template"] or "").strip() or None
+    data = DataConfig(
+        task=None if own else (v["task"] or None), train_file=data_file if own else None,
+        text_column=None if (template or not own) else (v["text_column"] or None), template=template if own else None,
+        label_column=(v["label_column"] or None) if own else None, kind=v["kind"] if own else "auto",
+    )
+    if own and not template and not data.text_column:
+        problems["text_column"] = "pick the column that holds the input text (or write a template)"
+    if own and not data.label_column:
+        problems["label_column"] = "pick the column that holds the answer"
+    if not own and not data.task:
+        problems["task"] = f"pick a task: {', '.join(BUILTIN_TASKS)}"
+    spec = RunSpec(
+        model=ModelConfig(str(v["model"] or "").strip(), v["dtype"], v["quantize"]),
+        method=method,
+        data=data,
+        train=TrainConfig(steps=ints["steps"], batch_size=ints["batch_size"] or 0, lr=lr,
+                          weight_decay=weight_decay if weight_decay is not None else 1e-5,
+                          max_length=ints["max_length"] or 0, eval_every=ints["eval_every"] or 0,
+                          checkpoint_every=min(25, ints["eval_every"] or 25), seed=ints["seed"] or 0,
+                          device=str(v["device"])),
+    )
+    try:
+        validate_spec(spec)
+    except ConfigError as exc:
+        _add(problems, str(exc))
+    if (ints["max_attempts"] or 0) < 1:
+        problems["max_attempts"] = "must be at least 1"
+    if own and data_file and not problems:
+        check_data(spec.data, problems)
+    if problems:
+        raise FormError(problems)
+    return spec, ints["max_attempts"] or 3
+
+
+def check_data(data: DataConfig, problems: dict[str, str]) -> None:
+    """Read the user's file as the job will, so that a bad column or a one-class label shows before queueing."""
+    from core.tasks import load_user_task
+
+    assert data.train_file is not None
+    try:
+        load_user_task(data.train_file, data.eval_file, text_column=data.text_column, label_column=data.label_column,
+                       template=data.template, kind=data.kind)
+    except (DataError, ConfigError) as exc:
+        text = str(exc).replace(data.train_file, Path(data.train_file).name)
+        lowered = text.lower()
+        if data.label_column and data.label_column in text and "label" in lowered:
+            problems["label_column"] = text
+        elif "column" in lowered and data.text_column and data.text_column in text:
+            problems["text_column"] = text
+        elif "template" in lowered:
+            problems["template"] = text
+        else:
+            problems["data_file"] = text
+
+
+@lru_cache(maxsize=64)
+def _config_hidden_size(folder: str) -> int | None:
+    path = Path(folder) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    for key in ("hidden_size", "d_model", "n_embd"):
+        if isinstance(config.get(key), int):
+            return int(config[key])
+    return None
+
+
+def hidden_size_of(model: str) -> int | None:
+    """The backbone's hidden size d, read from its config without loading weights (None if not known here)."""
+    name = (model or "").strip()
+    if name == "default":
+        from core.backbone import lamp_home
+
+        converted = lamp_home() / "models" / "smollm2-135m-instruct"
+        return _config_hidden_size(str(converted)) or DEFAULT_HIDDEN_SIZE
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return _config_hidden_size(str(folder.resolve()))
+    try:  # a hub id whose config is already in the local cache; never a download from the web process
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(name, local_files_only=True)
+    except Exception:
+        return None
+    return getattr(config, "hidden_size", None) or getattr(config, "d_model", None)
+
+
+def param_summary(model: str, method: str, length: Any, rank: Any, pool: Any) -> str:
+    """Markdown: the trainable parameters of these knobs and what the backbone will see."""
+    try:
+        config = method_config(method, length=int(length), rank=int(rank), pool=int(pool))
+    except (ConfigError, TypeError, ValueError) as exc:
+        return f"**Trainable parameters:** fix the knobs first: {str(exc).splitlines()[0]}"
+    hidden = hidden_size_of(model)
+    tokens = getattr(config, "prompt_tokens", config.length)
+    formula = {"lamp": "l·r + r + r·d", "prompt-tuning": "l·d", "dpt": "l·r + r·d"}[method]
+    if hidden is None:
+        return (f"**Trainable parameters:** {formula} (hidden size d of `{model}` is read when the job loads it) · "
+                f"the model sees **{tokens}** prompt tokens")
+    count = config.trainable_params(hidden)
+    full = length * hidden if isinstance(length, int) else int(length) * hidden
+    return (f"**Trainable parameters: {count:,}** ({formula}, d = {hidden}) · {count / full:.2%} of a full "
+            f"{int(length)}-token soft prompt · the model sees **{tokens}** prompt tokens")
+
+
+def preset_values(label: str) -> dict[str, Any]:
+    """The form values a preset sets (the learning rate as the form shows it: "" for the default)."""
+    preset = PRESETS.get(label)
+    if preset is None:
+        raise ConfigError(f"unknown preset {label!r}; choose one of {', '.join(PRESETS)}")
+    return {k: ("" if k == "lr" and v is None else v) for k, v in preset.values.items()}
+
+
+def default_lr_note(method: str) -> str:
+    return f"empty = {DEFAULT_LR.get(method, 0.01)} (measured default for {method})"
+
+
+__all__ = ["DEFAULTS", "FIELDS", "METHODS", "PRESETS", "FormError", "field_of", "param_summary", "spec_from_form"]

@@ -1,0 +1,248 @@
+"""The dashboard's handlers as plain functions, without a browser: the New job form, uploads, the Jobs tab, Compare
+and the Playground, on a real SQLite store with jobs run by the real worker path on a tiny model."""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_jobs_support import tiny_spec
+
+from app import compare, forms, monitor, playground
+from app.settings import parse_auth
+from app.uploads import accept_upload, guess_columns, open_upload
+from core.errors import ConfigError, DataError
+from core.methods import LampConfig, trainable_param_counts
+from jobs import store
+from jobs.db import dispose_engines, read, upgrade_database
+from jobs.models import Status
+
+
+@pytest.fixture()
+def store_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    from jobs import runner
+    from jobs.queue import use_queue
+
+    url = f"sqlite:///{tmp_path / 'lamp.db'}"
+    monkeypatch.setenv("LAMP_DATABASE_URL", url)
+    monkeypatch.setenv("LAMP_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    monkeypatch.setattr(runner, "settings", runner.WorkerSettings(threads=1, lease_seconds=10, stop_grace=10))
+    use_queue("memory://")
+    runner.open_for_work()
+    upgrade_database(url)
+    yield tmp_path
+    dispose_engines()
+
+
+def _form(**changes: object) -> dict[str, object]:
+    return {**forms.DEFAULTS, **changes}
+
+
+def _upload(tmp_path: Path, name: str, text: str) -> Path:
+    folder = tmp_path / "gradio-upload" / name
+    folder.mkdir(parents=True)
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+# ---- New job form ----
+
+def test_the_default_form_is_the_measured_default_run() -> None:
+    spec, attempts = forms.spec_from_form(_form())
+    assert spec.method == LampConfig(length=100, rank=8, pool=4)
+    assert (spec.data.task, spec.model.name, spec.train.steps, spec.train.lr, attempts) == (
+        "rotten_tomatoes", "default", 150, None, 3)
+
+
+def test_every_bad_value_is_reported_beside_its_own_field() -> None:
+    with pytest.raises(forms.FormError) as info:
+        forms.spec_from_form(_form(rank=200, steps=0, lr="0.3x", model=" "))
+    assert {"lr"} <= set(info.value.problems)  # numbers that are not numbers stop the rest first
+    with pytest.raises(forms.FormError) as info:
+        forms.spec_from_form(_form(rank=200, pool=3, steps=0, batch_size=0, model=" ", lr=20, max_attempts=0))
+    problems = info.value.problems
+    assert set(problems) >= {"rank", "pool", "steps", "batch_size", "model", "lr", "max_attempts"}
+    assert "rank=200" in problems["rank"] and "pool=3" in problems["pool"]
+    assert "lr=20" in problems["lr"]
+
+
+def test_core_messages_map_to_form_fields() -> None:
+    assert forms.field_of("steps=0: must be at least 1") == "steps"
+    assert forms.field_of("rank=9 > length=4: rank can be at most the prompt length") == "rank"
+    assert forms.field_of("--train /x.csv: no such file") == "data_file"
+    assert forms.field_of("quantize=4bit needs a CUDA device") == "quantize"
+    assert forms.field_of("data: give --text-column or --template, not both") == "text_column"
+    assert forms.field_of("something else entirely") == ""
+
+
+def test_own_data_needs_a_file_and_columns_and_a_label_with_two_classes(tmp_path: Path) -> None:
+    with pytest.raises(forms.FormError) as info:
+        forms.spec_from_form(_form(source=forms.OWN_DATA))
+    assert set(info.value.problems) >= {"data_file", "text_column", "label_column"}
+    one_class = tmp_path / "one.csv"
+    one_class.write_text("text,label\n" + "".join(f"row {i},yes\n" for i in range(20)))
+    with pytest.raises(forms.FormError) as info:
+        forms.spec_from_form(_form(source=forms.OWN_DATA, data_file=str(one_class), text_column="text",
+                                   label_column="label", kind="classification"))
+    assert "label_column" in info.value.problems
+    assert "one.csv" in info.value.problems["label_column"]
+
+
+def test_own_data_form_builds_the_same_spec_as_the_cli(sentiment_csv: Path) -> None:
+    spec, _ = forms.spec_from_form(_form(source=forms.OWN_DATA, data_file=str(sentiment_csv), text_column="review",
+                                         label_column="verdict", method="dpt", length=20, rank=4, lr="0.05"))
+    assert (spec.data.task, spec.data.train_file, spec.data.text_column, spec.data.label_column) == (
+        None, str(sentiment_csv), "review", "verdict")
+    assert (spec.method.name, spec.train.lr) == ("dpt", 0.05)
+
+
+def test_presets_fill_only_form_fields() -> None:
+    for label in forms.PRESETS:
+        values = forms.preset_values(label)
+        assert set(values) <= set(forms.FIELDS)
+        forms.spec_from_form(_form(**values))  # every preset is a valid job
+    with pytest.raises(ConfigError):
+        forms.preset_values("nope")
+
+
+def test_parameter_count_follows_the_formulas(tiny_llama_dir: Path) -> None:
+    text = forms.param_summary("default", "lamp", 100, 8, 4)
+    assert f"{LampConfig(100, 8, 4).trainable_params(576):,}" in text and "**25** prompt tokens" in text
+    tiny = forms.param_summary(str(tiny_llama_dir), "prompt-tuning", 20, 8, 1)
+    assert f"{trainable_param_counts(32, 20, 8)['prompt-tuning']:,}" in tiny
+    assert "fix the knobs" in forms.param_summary("default", "lamp", 100, 8, 3)
+    assert "read when the job loads it" in forms.param_summary("no-such/model-id", "dpt", 100, 8, 1)
+
+
+# ---- uploads ----
+
+def test_an_upload_is_kept_under_lamp_home_and_the_temporary_file_removed(tmp_path: Path, sentiment_csv: Path
+                                                                          ) -> None:
+    temp = _upload(tmp_path, "reviews.csv", sentiment_csv.read_text())
+    data = accept_upload(temp, max_bytes=2**20)
+    assert not temp.exists() and not temp.parent.exists()
+    assert data.path.is_file() and data.path.name == "reviews.csv" and "uploads" in data.path.parts
+    assert data.columns == ["review", "verdict"] and len(data.preview()) == 5
+    assert guess_columns(data.table) == ("review", "verdict")
+    assert open_upload(data.path, max_bytes=2**20).columns == ["review", "verdict"]
+    with pytest.raises(DataError, match="not a file uploaded"):
+        open_upload(sentiment_csv, max_bytes=2**20)
+
+
+@pytest.mark.parametrize(("name", "text", "message"), [
+    ("notes.txt", "hello", "unknown file type '.txt'"),
+    ("empty.csv", "", "empty.csv: file is empty"),
+    ("big.csv", "a,b\n" + "x,y\n" * 1000, "over the upload limit"),
+    ("bad.jsonl", '{"a": 1}\nnot json\n', "bad.jsonl"),
+])
+def test_a_bad_upload_says_what_is_wrong_and_is_removed(tmp_path: Path, name: str, text: str, message: str) -> None:
+    temp = _upload(tmp_path, name, text)
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        accept_upload(temp, max_bytes=2000)
+    assert not temp.exists()
+
+
+def test_auth_settings() -> None:
+    assert parse_auth("ann:pw,bob:a:b") == (("ann", "pw"), ("bob", "a:b"))
+    with pytest.raises(ConfigError, match="user:password"):
+        parse_auth("ann")
+
+
+# ---- jobs, compare, playground on real jobs ----
+
+@pytest.fixture()
+def finished_jobs(store_env: Path, tiny_llama_dir: Path, sentiment_csv: Path) -> list[int]:
+    """Two jobs (LAMP and prompt tuning) run through the real worker path: claim, training process, results."""
+    from dataclasses import replace
+
+    from core.methods import method_config
+    from jobs.queue import execute_next
+    from jobs.tasks import submit
+
+    lamp = tiny_spec(tiny_llama_dir, sentiment_csv)
+    pt = replace(lamp, method=method_config("prompt-tuning", length=8))
+    ids = [submit(lamp), submit(pt)]
+    while execute_next():
+        pass
+    for job_id in ids:
+        job = read(store.get_job, job_id=job_id)
+        assert job is not None and job.status == Status.SUCCEEDED, job and job.error
+    return ids
+
+
+def test_jobs_tab_shows_status_progress_curves_and_downloads(finished_jobs: list[int]) -> None:
+    frame = monitor.jobs_frame()
+    assert list(frame.columns) == monitor.JOB_COLUMNS and sorted(frame["ID"]) == finished_jobs
+    row = frame[frame["ID"] == finished_jobs[0]].iloc[0]
+    assert row["Status"] == "SUCCEEDED" and row["Progress"] == "6/6 (100%)" and row["Knobs"] == "l=8 r=4 p=2"
+    assert row["Result"].startswith("accuracy ")
+    details = monitor.job_details(finished_jobs[0])
+    assert "Job 1: SUCCEEDED" in details.markdown.replace(f"Job {finished_jobs[0]}", "Job 1")
+    assert (details.can_cancel, details.can_retry, details.can_download) == (False, False, True)
+    fig = monitor.curve_figure(finished_jobs[0])
+    loss = [t for t in fig.data if t.name == "train loss"]
+    assert len(loss) == 1 and list(loss[0].x) == [1, 2, 3, 4, 5, 6]
+    assert any(t.name.startswith("val ") for t in fig.data)
+    with zipfile.ZipFile(monitor.artifact_zip(finished_jobs[0])) as zf:
+        names = zf.namelist()
+    assert any(n.endswith("lamp_artifact.json") for n in names) and not any("checkpoint" in n for n in names)
+    with zipfile.ZipFile(monitor.peft_zip(finished_jobs[0])) as zf:
+        assert any(n.endswith("adapter_config.json") for n in zf.namelist())
+
+
+def test_cancel_and_retry(store_env: Path, tiny_llama_dir: Path, sentiment_csv: Path) -> None:
+    from jobs.tasks import submit
+
+    job_id = submit(tiny_spec(tiny_llama_dir, sentiment_csv))
+    assert monitor.job_details(job_id).can_cancel
+    assert "CANCELLED" in monitor.cancel_job(job_id)
+    assert monitor.job_details(job_id).can_retry
+    new_id = monitor.retry_job(job_id)
+    job = read(store.get_job, job_id=new_id)
+    old = read(store.get_job, job_id=job_id)
+    assert job is not None and old is not None and job.status == Status.QUEUED and job.spec == old.spec
+    with pytest.raises(ConfigError, match="only a failed or cancelled job"):
+        monitor.retry_job(new_id)
+    with pytest.raises(Exception, match="has not succeeded"):
+        monitor.artifact_zip(new_id)
+
+
+def test_compare_table_charts_and_csv(finished_jobs: list[int]) -> None:
+    frame = compare.compare_frame([*finished_jobs, 999])
+    assert list(frame["job"]) == finished_jobs and list(frame["method"]) == ["lamp", "prompt-tuning"]
+    counts = trainable_param_counts(32, 8, 4, 2)
+    assert list(frame["trainable_params"]) == [counts["lamp"], counts["prompt-tuning"]]
+    assert list(frame["prompt_tokens"]) == [4, 8]
+    cost = compare.cost_figure(frame)
+    assert len(cost.data) == 4 and list(cost.data[0].y) == list(frame["trainable_params"])
+    knobs = compare.knob_figure(frame)
+    assert {t.name for t in knobs.data} == {"lamp", "prompt-tuning"}
+    rows = list(csv.DictReader(io.StringIO(Path(compare.compare_csv(frame)).read_text())))
+    assert [int(r["job"]) for r in rows] == finished_jobs
+
+
+def test_playground_answers_with_each_prompt_beside_the_bare_model(finished_jobs: list[int]) -> None:
+    table, fig = playground.ask(finished_jobs, "a wonderful film")
+    assert list(table["Job"]) == [f"#{finished_jobs[0]} lamp", f"#{finished_jobs[1]} prompt-tuning"]
+    for answer in [*table["Tuned prompt"], *table["Bare model"]]:
+        assert answer in ("bad", "good")
+    scores = [float(s.split()[-1]) for s in table["Tuned scores"].iloc[0].split(", ")]
+    assert sum(scores) == pytest.approx(1.0, abs=0.02)
+    assert len(fig.data) == 4  # tuned and bare bars per job
+    with pytest.raises(ConfigError, match="type an input"):
+        playground.ask(finished_jobs, "  ")
+    with pytest.raises(ConfigError, match="at most"):
+        playground.ask([1, 2, 3, 4, 5], "x")
+
+
+def test_the_page_builds_with_its_four_tabs(store_env: Path) -> None:
+    from app.interface import build_ui
+
+    ui = build_ui()
+    ids = {getattr(block, "elem_id", None) for block in ui.blocks.values()}
+    assert {"tab-new", "tab-jobs", "tab-compare", "tab-playground", "launch", "job-curves", "ask"} <= ids
