@@ -80,6 +80,16 @@ def _trainable(prompt: nn.Module) -> list[nn.Parameter]:
     return [p for p in prompt.parameters() if p.requires_grad]
 
 
+def optimizer_step(loss: torch.Tensor, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
+                   grad_clip: float) -> None:
+    """Backward from the loss into the prompt's parameters, clip their norm (0: no clipping), update."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+
+
 def _norms(prompt: torch.Tensor, vocab_norm: float) -> dict[str, float]:
     norm = prompt.detach().float().norm(dim=-1).mean().item()
     return {"prompt_norm": norm, "vocab_norm": vocab_norm, "norm_ratio": norm / vocab_norm}
@@ -225,11 +235,7 @@ def fit(
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"the loss became {loss.item()} at step {step + 1}; lower --lr "
                                        f"(now {spec.lr}) or use --dtype float32")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if t.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-            optimizer.step()
+            optimizer_step(loss, params, optimizer, t.grad_clip)
             step, position = step + 1, position + 1
             elapsed = time.perf_counter() - tick
             train_seconds, seen = train_seconds + elapsed, seen + len(idx)
