@@ -21,7 +21,7 @@ from core.events import Event
 from core.methods import METHODS, method_config, trainable_param_counts
 from core.spec import DataConfig, ModelConfig, RunSpec, TrainConfig, validate_spec
 
-PLUGINS = ("jobs.cli", "app.cli")
+PLUGINS = ("jobs.cli", "app.cli", "benchmarks.cli")
 Handler = Callable[[argparse.Namespace], int]
 
 

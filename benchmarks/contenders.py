@@ -1,0 +1,174 @@
+"""The things being measured, each behind the same small interface.
+
+- `Ours`: one of LAMP Studio's prompt modules (core.methods.build_prompt), trained by core.train's optimizer step,
+  scored by core.scoring — the code `lamp train` and `lamp predict` run.
+- `PeftPromptTuning`: Hugging Face PEFT's prompt tuning (`PromptTuningConfig`, `PromptTuningInit.SAMPLE_VOCAB`) on
+  the same frozen backbone object, called the way PEFT's documentation calls it: `model(input_ids, attention_mask,
+  labels).loss` to train, `model(**inputs).logits` to score.
+- `Floor`: the frozen backbone with no prompt: forward and backward down to the input embeddings, nothing to update.
+  No prompt method can train faster than this on the same batch.
+
+Every contender gets the same encoded examples, collated by core.batching.collate, and the same AdamW settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from core.artifact import save_artifact
+from core.backbone import Backbone
+from core.batching import Codec, Encoded, collate
+from core.methods import MethodConfig, build_prompt
+from core.scoring import loss_fn, rank_candidates
+from core.train import optimizer_step
+
+WEIGHT_DECAY = 1e-5
+GRAD_CLIP = 1.0
+
+
+def _trainable(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+class Ours:
+    """A LAMP Studio prompt module with its optimizer."""
+
+    def __init__(self, backbone: Backbone, config: MethodConfig, embeddings: torch.Tensor, common: list[int],
+                 seed: int, lr: float) -> None:
+        self.backbone, self.config = backbone, config
+        self.method = config.name
+        self.module, self.init_ids = build_prompt(config, embeddings, common, torch.Generator().manual_seed(seed))
+        self.init_params = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+        self.module.to(backbone.device)
+        self.params = _trainable(self.module)
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=WEIGHT_DECAY)
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+    @property
+    def formula_params(self) -> int:
+        return self.config.trainable_params(self.backbone.hidden_size)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.config.prompt_tokens
+
+    def step(self, items: Sequence[Encoded]) -> None:
+        b = self.backbone
+        batch = collate(items, b.family, b.tokenizer.pad_token_id, b.device)
+        optimizer_step(loss_fn(b, self.module(), batch), self.params, self.optimizer, GRAD_CLIP)
+
+    def prompt(self) -> torch.Tensor:
+        """The prompt the backbone reads (LAMP: pooled P'), as an artifact stores it. (n, d)"""
+        with torch.no_grad():
+            return self.module().detach()
+
+    def save(self, out: Path) -> None:
+        manifest = {"spec": {"method": {"name": self.method}}, "init_token_ids": self.init_ids,
+                    "trainable_params": self.trainable_params, "prompt_tokens": self.prompt_tokens}
+        save_artifact(out, manifest, self.module.state_dict(), self.init_params, self.prompt())
+
+
+class Floor:
+    """The frozen backbone alone: backward reaches the input embeddings through a zero-length prompt."""
+
+    method = "floor"
+    trainable_params = 0
+    formula_params = 0
+    prompt_tokens = 0
+
+    def __init__(self, backbone: Backbone) -> None:
+        self.backbone = backbone
+        self.empty = torch.zeros(0, backbone.hidden_size, device=backbone.device, requires_grad=True)  # (0, d)
+
+    def step(self, items: Sequence[Encoded]) -> None:
+        b = self.backbone
+        batch = collate(items, b.family, b.tokenizer.pad_token_id, b.device)
+        loss_fn(b, self.empty, batch).backward()
+
+    def prompt(self) -> None:
+        return None
+
+
+class PeftPromptTuning:
+    """PEFT prompt tuning with a vocabulary-sampled init, on the same backbone object (PEFT leaves its weights be)."""
+
+    method = "peft-pt"
+
+    def __init__(self, backbone: Backbone, length: int, seed: int, lr: float) -> None:
+        from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+
+        seq2seq = backbone.family == "seq2seq"
+        config = PromptTuningConfig(
+            task_type=TaskType.SEQ_2_SEQ_LM if seq2seq else TaskType.CAUSAL_LM,
+            num_virtual_tokens=length,
+            prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB,
+            num_transformer_submodules=1,  # encoder-decoder: the prompt before the encoder only, as ours
+        )
+        self.backbone, self.length = backbone, length
+        torch.manual_seed(seed)  # SAMPLE_VOCAB draws its token ids from torch's global generator
+        self.model = get_peft_model(backbone.model, config)
+        self.model.to(backbone.device)
+        self.params = _trainable(self.model)
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=WEIGHT_DECAY)
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+    @property
+    def formula_params(self) -> int:
+        return self.length * self.backbone.hidden_size
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.length
+
+    def step(self, items: Sequence[Encoded]) -> None:
+        b = self.backbone
+        batch = collate(items, b.family, b.tokenizer.pad_token_id, b.device)
+        out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels)
+        optimizer_step(out.loss, self.params, self.optimizer, GRAD_CLIP)
+
+    def prompt(self) -> torch.Tensor:
+        """PEFT's learned prompt embeddings, a plain (l, d) prompt that core.scoring can read."""
+        prompt = self.model.get_prompt_embedding_to_save(adapter_name="default")  # PEFT hands it back on the CPU
+        return prompt.detach().float().to(self.backbone.device)
+
+    def save(self, out: Path) -> None:
+        self.model.save_pretrained(str(out))
+
+    @torch.no_grad()
+    def label_scores(self, codec: Codec, sources: Sequence[str], token_ids: Sequence[int]) -> torch.Tensor:
+        """Log-probabilities of one-token label words after each source, PEFT's way: tokenizer, forward, logits.
+
+        The input text is exactly what our codec builds (`<source>\\n<cue>:`), padded on the right. (B, labels)
+        """
+        b, tok = self.backbone, self.backbone.tokenizer
+        texts = [f"{s}\n{codec.answer_cue}:" for s in sources] if b.family == "causal" else list(sources)
+        enc = tok(texts, padding=True, padding_side="right", truncation=True, max_length=codec.max_length,
+                  return_tensors="pt").to(b.device)
+        if b.family == "causal":
+            logits = self.model(**enc).logits[:, self.length:]  # (B, S, V): the prompt positions dropped
+            last = enc["attention_mask"].sum(dim=1) - 1  # right padding: the last real token of each row
+            logits = logits[torch.arange(len(texts), device=b.device), last]  # (B, V)
+        else:
+            start = torch.full((len(texts), 1), b.model.config.decoder_start_token_id, device=b.device)
+            logits = self.model(**enc, decoder_input_ids=start).logits[:, 0]
+        return torch.log_softmax(logits.float(), dim=-1)[:, list(token_ids)]
+
+    def close(self) -> None:
+        """Let go of PEFT's wrapper; the backbone object is left as it was."""
+        del self.model, self.optimizer, self.params
+
+
+def our_label_scores(backbone: Backbone, prompt: torch.Tensor | None, codec: Codec, sources: Sequence[str],
+                     words: Sequence[str]) -> list[list[float]]:
+    """What `lamp predict` and evaluation run: core.scoring.rank_candidates, one batch of all sources."""
+    return rank_candidates(backbone, prompt, codec, sources, [list(words)] * len(sources), batch_size=len(sources))

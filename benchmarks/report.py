@@ -1,0 +1,168 @@
+"""Writing a run's results: report.md (Markdown tables), one CSV per section, results.json and charts.html."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+Row = dict[str, Any]
+
+# Per section: (column title, row key, format). A `<key>_x_peft` ratio column follows each key listed in RATIOS.
+COLUMNS: dict[str, list[tuple[str, str, str]]] = {
+    "steps": [("contender", "contender", "s"), ("prompt tokens", "prompt_tokens", "d"),
+              ("step s (median [min-max])", "step_s", "spread"), ("examples/s", "examples_per_s", ".2f"),
+              ("peak MiB above model", "peak_mib", ".0f"), ("trainable params", "trainable_params", ",d"),
+              ("artifact KiB", "artifact_bytes", "kib")],
+    "inference": [("contender", "contender", "s"), ("batch", "batch_size", "d"),
+                  ("prompt tokens", "prompt_tokens", "d"), ("ms per example (median [min-max])", "ms_per_example",
+                                                            "spread_ms")],
+    "accuracy": [("contender", "contender", "s"), ("steps", "steps", "d"), ("test accuracy", "accuracy", ".3f"),
+                 ("s per step", "step_s", ".2f"), ("test scoring s", "eval_s", ".1f"),
+                 ("fit() outside steps s", "fit_other_s", ".1f")],
+    "growth": [("contender", "contender", "s"), ("l", "length", "d"), ("prompt tokens", "prompt_tokens", "d"),
+               ("step s (median [min-max])", "step_s", "spread"), ("peak MiB above model", "peak_mib", ".0f")],
+}
+TITLES = {
+    "steps": "Training step (forward + backward + optimizer step)",
+    "inference": "Inference: label-word scoring latency",
+    "accuracy": "Accuracy after a fixed budget of steps (rotten_tomatoes, ranked label words)",
+    "growth": "Growth with the prompt length",
+}
+
+
+def _cell(row: Row, key: str, fmt: str) -> str:
+    value = row.get(key)
+    if value is None:
+        return ""
+    if fmt == "spread":
+        return f"{value:.3f} [{row[key + '_min']:.3f}-{row[key + '_max']:.3f}]"
+    if fmt == "spread_ms":
+        return f"{value:.1f} [{row['ms_min']:.1f}-{row['ms_max']:.1f}]"
+    if fmt == "kib":
+        return f"{value / 1024:.1f}"
+    return format(value, fmt)
+
+
+def _ratio(row: Row, key: str) -> str:
+    value = row.get(f"{key}_x_peft")
+    return "" if value is None else f"{value:.2f}x"
+
+
+def markdown_table(section: str, rows: list[Row]) -> str:
+    cols = COLUMNS[section]
+    head, cells_of = [], []
+    for title, key, fmt in cols:
+        head.append(title)
+        cells_of.append((key, fmt, False))
+        if f"{key}_x_peft" in (rows[0] if rows else {}):
+            head.append("x PEFT")
+            cells_of.append((key, fmt, True))
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [_ratio(row, key) if ratio else _cell(row, key, fmt) for key, fmt, ratio in cells_of]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown(result: dict[str, Any], command: str) -> str:
+    env, s = result["environment"], result["settings"]
+    out = [
+        "# LAMP Studio against PEFT prompt tuning",
+        "",
+        f"`{command}`",
+        "",
+        f"Model {env['model']} (hidden size {env['hidden_size']}), {env['device']} ({env['device_name']}), "
+        f"{env['dtype']}, {env['threads']} threads; torch {env['torch']}, transformers {env['transformers']}, "
+        f"peft {env['peft']}; commit {env['commit']}. Seed {s['seed']}; every contender saw the same batches. "
+        f"Timings: {s['warmup']} warm-up + {s['repeats']} timed repeats, median [min-max]. "
+        f"Ratios (x PEFT) are over PEFT prompt tuning measured in this run. Total {result['total_seconds']:.0f} s.",
+        "",
+    ]
+    notes = {
+        "steps": f"Batch {s['batch_size']} (padded width {env['batch_width_tokens']} tokens before the prompt). "
+                 f"Memory: {result['memory_method']}. Trainable parameters are counted from requires_grad; the "
+                 "artifact is our save_artifact directory or PEFT's save_pretrained directory.",
+        "inference": "Per example, for one batch of test inputs: ours through core.scoring.rank_candidates with the "
+                     "stored prompt, PEFT through its model's forward and the label words' logits. PEFT's prompt "
+                     f"scored both ways differs by at most {result.get('peft_score_gap') or 0:.1e}.",
+        "accuracy": f"{s['accuracy_steps']} steps of batch {s['accuracy_batch_size']}, AdamW lr {s['lr']} with "
+                    f"linear decay, first {s['eval_examples']} test examples. Ours through core.train.fit; PEFT "
+                    "by an explicit loop on the same batches, then its learned prompt scored by the same code. "
+                    "s per step: fit()'s own training seconds (ours), the loop's (PEFT); test scoring: the "
+                    "evaluation of the test examples; fit() outside steps: loading the task, tokenising, the "
+                    "final validation pass, checkpoint and artifact.",
+        "growth": f"Batch {s['growth_batch_size']}; LAMP with r={s['rank']}, p={s['default_pool']}. Ratios are "
+                  "over PEFT at the same l.",
+    }
+    for section, data in result["sections"].items():
+        out += [f"## {TITLES[section]}", "", notes[section], "", markdown_table(section, data["rows"]), ""]
+    return "\n".join(out)
+
+
+def write_csv(path: Path, rows: list[Row]) -> None:
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def charts_html(result: dict[str, Any]) -> str:
+    """All charts in one self-contained page (plotly.js embedded once: it opens offline)."""
+    import plotly.graph_objects as go
+
+    figures: list[Any] = []
+    sections = result["sections"]
+    if "steps" in sections:
+        rows = sections["steps"]["rows"]
+        names = [r["contender"] for r in rows]
+        figures.append(go.Figure(go.Bar(
+            x=names, y=[r["step_s"] for r in rows],
+            error_y={"type": "data", "symmetric": False, "array": [r["step_s_max"] - r["step_s"] for r in rows],
+                     "arrayminus": [r["step_s"] - r["step_s_min"] for r in rows]},
+            text=[f"{r['step_s_x_peft']:.2f}x" for r in rows]), layout={"title": "Training step time (s)"}))
+        figures.append(go.Figure(go.Bar(x=names, y=[r["peak_mib"] for r in rows],
+                                        text=[_ratio(r, "peak_mib") for r in rows]),
+                                 layout={"title": "Peak memory above the loaded model (MiB)"}))
+    if "inference" in sections:
+        rows = sections["inference"]["rows"]
+        fig = go.Figure(layout={"title": "Inference latency per example (ms)", "barmode": "group"})
+        for batch in sorted({r["batch_size"] for r in rows}):
+            sub = [r for r in rows if r["batch_size"] == batch]
+            fig.add_trace(go.Bar(name=f"batch {batch}", x=[r["contender"] for r in sub],
+                                 y=[r["ms_per_example"] for r in sub]))
+        figures.append(fig)
+    if "accuracy" in sections:
+        rows = sections["accuracy"]["rows"]
+        figures.append(go.Figure(go.Bar(x=[r["contender"] for r in rows], y=[r["accuracy"] for r in rows],
+                                        text=[f"{r['accuracy']:.3f}" for r in rows]),
+                                 layout={"title": "Test accuracy after the step budget"}))
+    if "growth" in sections:
+        rows = sections["growth"]["rows"]
+        for key, title in (("step_s", "Step time (s) against l"), ("peak_mib", "Peak memory (MiB) against l")):
+            fig = go.Figure(layout={"title": title, "xaxis": {"title": "l", "type": "log"}})
+            for method in dict.fromkeys(r["method"] for r in rows):
+                sub = [r for r in rows if r["method"] == method]
+                fig.add_trace(go.Scatter(name=method, x=[r["length"] for r in sub], y=[r[key] for r in sub],
+                                         mode="lines+markers"))
+            figures.append(fig)
+    parts = [f.to_html(full_html=False, include_plotlyjs=i == 0) for i, f in enumerate(figures)]
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>LAMP Studio benchmark</title></head><body>"
+            + "\n".join(parts) + "</body></html>")
+
+
+def write_report(result: dict[str, Any], out: Path, command: str) -> dict[str, str]:
+    """Write every file; returns their paths by kind."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"markdown": out / "report.md", "json": out / "results.json", "charts": out / "charts.html"}
+    files["markdown"].write_text(markdown(result, command))
+    files["json"].write_text(json.dumps({**result, "command": command}, indent=2))
+    for section, data in result["sections"].items():
+        files[f"csv_{section}"] = out / f"{section}.csv"
+        write_csv(files[f"csv_{section}"], data["rows"])
+    files["charts"].write_text(charts_html(result))
+    return {k: str(v) for k, v in files.items()}

@@ -1,0 +1,101 @@
+"""What one benchmark run measures and on what: a frozen dataclass shared by `python -m benchmarks` and `lamp bench`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from core.errors import ConfigError
+
+SECTIONS = ("steps", "inference", "accuracy", "growth")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    model: str = "default"
+    """Hub id, local folder, or `default` (the offline SmolLM2-135M-Instruct)."""
+    device: str = "auto"
+    dtype: str = "float32"
+    """Backbone dtype; the prompts' own parameters stay float32 (ours and PEFT's)."""
+    threads: int | None = None
+    """torch CPU threads; None leaves torch's default (recorded in the report either way)."""
+    seed: int = 42
+    """Prompt init, data order and the batches every contender sees."""
+    batch_size: int = 16
+    """Training examples per step for the step-time and memory table."""
+    max_length: int = 256
+    """Longest input in tokens, prompt excluded."""
+    warmup: int = 1
+    """Untimed steps before timing each contender."""
+    repeats: int = 3
+    """Timed steps (or inference calls) per contender; the report gives the median and the min-max spread."""
+    length: int = 100
+    """l for every prompt in the step, inference and accuracy tables (PEFT's num_virtual_tokens)."""
+    rank: int = 8
+    pools: tuple[int, ...] = (1, 2, 4, 5, 10)
+    """LAMP's pools p in the step table; each must divide `length`."""
+    default_pool: int = 4
+    """Our default p: used for inference, accuracy and growth."""
+    infer_batch_sizes: tuple[int, ...] = (1, 16)
+    growth_lengths: tuple[int, ...] = (20, 100, 500, 1000)
+    growth_batch_size: int = 4
+    """Smaller than `batch_size` so that PEFT at l=1000 fits a CPU's time budget."""
+    accuracy_steps: int = 30
+    accuracy_batch_size: int = 8
+    accuracy_train_examples: int | None = None
+    """Cap on the training examples tokenised for the accuracy runs (None: the whole training split)."""
+    eval_examples: int = 200
+    """Test examples scored (by ranking the label words) for each accuracy figure."""
+    lr: float = 0.01
+    """AdamW learning rate for every method in the accuracy runs (our measured default)."""
+    sections: tuple[str, ...] = SECTIONS
+
+
+QUICK: dict[str, Any] = {
+    "batch_size": 8, "repeats": 2, "pools": (1, 4), "infer_batch_sizes": (1, 8), "growth_lengths": (20, 100, 500),
+    "growth_batch_size": 2, "accuracy_steps": 10, "accuracy_batch_size": 4, "accuracy_train_examples": 2000,
+    "eval_examples": 64,
+}
+"""`--quick`: a few minutes on a 2-core CPU; explicit flags still win."""
+
+
+def make_settings(quick: bool = False, **given: Any) -> BenchSettings:
+    """Defaults, then the quick preset, then every flag the user gave (None means not given)."""
+    base = replace(BenchSettings(), **QUICK) if quick else BenchSettings()
+    known = {f.name for f in fields(BenchSettings)}
+    settings = replace(base, **{k: v for k, v in given.items() if k in known and v is not None})
+    validate(settings)
+    return settings
+
+
+def validate(s: BenchSettings) -> None:
+    """Raise ConfigError naming every bad value and its fix."""
+    issues: list[str] = []
+    if s.dtype not in ("float32", "bfloat16", "float16"):
+        issues.append(f"dtype={s.dtype!r}: choose float32, bfloat16 or float16")
+    for name in ("batch_size", "repeats", "length", "rank", "growth_batch_size", "accuracy_steps",
+                 "accuracy_batch_size", "eval_examples", "default_pool"):
+        if getattr(s, name) < 1:
+            issues.append(f"{name}={getattr(s, name)}: must be at least 1")
+    if s.warmup < 0:
+        issues.append(f"warmup={s.warmup}: must be >= 0")
+    if s.threads is not None and s.threads < 1:
+        issues.append(f"threads={s.threads}: must be at least 1")
+    bad = [p for p in (*s.pools, s.default_pool) if p < 1 or s.length % p]
+    if bad:
+        issues.append(f"pools {bad} do not divide length={s.length}; pick divisors of {s.length}")
+    bad = [n for n in s.growth_lengths if n < s.rank or n % s.default_pool]
+    if bad:
+        issues.append(f"growth lengths {bad}: each must be a multiple of the default pool {s.default_pool} and at "
+                      f"least the rank {s.rank}")
+    if s.rank > s.length:
+        issues.append(f"rank={s.rank} > length={s.length}: lower --rank")
+    if any(b < 1 for b in s.infer_batch_sizes) or not s.infer_batch_sizes:
+        issues.append(f"infer batch sizes {list(s.infer_batch_sizes)}: give positive sizes, e.g. 1,16")
+    unknown = [x for x in s.sections if x not in SECTIONS]
+    if unknown:
+        issues.append(f"sections {unknown}: choose from {', '.join(SECTIONS)}")
+    if not 0 < s.lr < 10:
+        issues.append(f"lr={s.lr}: must be in (0, 10)")
+    if issues:
+        raise ConfigError("\n".join(issues))

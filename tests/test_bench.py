@@ -1,0 +1,176 @@
+"""The benchmark end to end on a tiny random Llama: every file written, every row there, ratios against PEFT."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from benchmarks.cli import main
+from benchmarks.measure import PeakMemory, Spread, time_calls
+from benchmarks.settings import make_settings
+from core.errors import ConfigError
+from core.methods import trainable_param_counts
+
+HIDDEN = 32  # the tiny models of conftest.py
+LENGTH, RANK, POOLS, GROWTH = 20, 4, (1, 4), (8, 16)
+FLAGS = ["--device", "cpu", "--threads", "1", "--length", str(LENGTH), "--rank", str(RANK), "--pools", "1,4",
+         "--default-pool", "4", "--batch-size", "4", "--warmup", "1", "--repeats", "2", "--infer-batch-sizes", "1,4",
+         "--growth-lengths", "8,16", "--growth-batch-size", "2", "--accuracy-steps", "2", "--accuracy-batch-size",
+         "4", "--accuracy-train-examples", "32", "--eval-examples", "8"]
+
+
+@pytest.fixture(scope="module")
+def run(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("bench")
+    import contextlib
+    import io
+
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert main(["--model", str(tiny_llama_dir), *FLAGS, "--out", str(out), "--json"]) == 0
+    summary = json.loads(stdout.getvalue().strip().splitlines()[-1])
+    return out, summary
+
+
+def _results(out: Path) -> dict[str, Any]:
+    results: dict[str, Any] = json.loads((out / "results.json").read_text())
+    return results
+
+
+def _rows(out: Path, section: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = _results(out)["sections"][section]["rows"]
+    return rows
+
+
+def test_every_file_is_written(run: tuple[Path, dict[str, Any]]) -> None:
+    out, summary = run
+    for name in ("report.md", "results.json", "charts.html", "steps.csv", "inference.csv", "accuracy.csv",
+                 "growth.csv"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert summary["out"] == str(out)
+    assert set(summary) >= {"steps", "inference", "accuracy", "growth", "environment", "files"}
+    assert "plotly" in (out / "charts.html").read_text()[:200_000].lower()
+
+
+def test_step_table_has_every_contender_and_ratios_against_peft(run: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = run
+    rows = {r["contender"]: r for r in _rows(out, "steps")}
+    expected = [f"PEFT prompt tuning l={LENGTH}", f"prompt-tuning l={LENGTH}",
+                *[f"lamp l={LENGTH} r={RANK} p={p}" for p in POOLS], f"dpt l={LENGTH} r={RANK}", "floor: no prompt"]
+    assert list(rows) == expected
+    peft = rows[expected[0]]
+    for row in rows.values():
+        assert row["step_s_min"] <= row["step_s"] <= row["step_s_max"]
+        assert row["peak_mib"] >= 0
+        for key in ("step_s", "examples_per_s", "peak_mib"):
+            want = row[key] / peft[key] if peft[key] else None
+            assert row[f"{key}_x_peft"] == pytest.approx(want) if want is not None else True
+    assert peft["step_s_x_peft"] == peft["examples_per_s_x_peft"] == peft["trainable_params_x_peft"] == 1.0
+    assert peft["examples_per_s"] == pytest.approx(4 / peft["step_s"])
+
+
+def test_trainable_params_equal_the_formulas(run: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = run
+    rows = {r["contender"]: r for r in _rows(out, "steps")}
+    for pool in POOLS:
+        counts = trainable_param_counts(HIDDEN, LENGTH, RANK, pool)
+        assert rows[f"lamp l={LENGTH} r={RANK} p={pool}"]["trainable_params"] == counts["lamp"]
+    assert rows[f"prompt-tuning l={LENGTH}"]["trainable_params"] == counts["prompt-tuning"] == LENGTH * HIDDEN
+    assert rows[f"dpt l={LENGTH} r={RANK}"]["trainable_params"] == counts["dpt"]
+    assert rows[f"PEFT prompt tuning l={LENGTH}"]["trainable_params"] == LENGTH * HIDDEN
+    assert rows["floor: no prompt"]["trainable_params"] == 0
+    assert rows[f"lamp l={LENGTH} r={RANK} p=4"]["prompt_tokens"] == LENGTH // 4
+    for row in rows.values():
+        assert row["trainable_params"] == row["formula_params"]
+
+
+def test_artifacts_are_written_and_measured(run: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = run
+    rows = {r["contender"]: r for r in _rows(out, "steps")}
+    folders = {p.name: p for p in (out / "artifacts").iterdir()}
+    peft = folders[f"peft-prompt-tuning-l-{LENGTH}"]
+    assert (peft / "adapter_model.safetensors").is_file() and (peft / "adapter_config.json").is_file()
+    lamp = folders[f"lamp-l-{LENGTH}-r-{RANK}-p-4"]
+    assert {"prompt.safetensors", "prompt_params.safetensors", "lamp_artifact.json"} <= {p.name for p in
+                                                                                        lamp.iterdir()}
+    assert rows["floor: no prompt"]["artifact_bytes"] is None
+    size = sum(p.stat().st_size for p in lamp.iterdir())
+    assert rows[f"lamp l={LENGTH} r={RANK} p=4"]["artifact_bytes"] == size
+
+
+def test_inference_rows_per_batch_size_and_peft_scores_match_ours(run: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = run
+    rows = _rows(out, "inference")
+    for batch in (1, 4):
+        group = {r["contender"]: r for r in rows if r["batch_size"] == batch}
+        assert set(group) == {f"PEFT prompt tuning l={LENGTH}", f"lamp l={LENGTH} r={RANK} p=1",
+                              f"lamp l={LENGTH} r={RANK} p=4", f"prompt-tuning l={LENGTH}", "bare model: no prompt"}
+        peft = group[f"PEFT prompt tuning l={LENGTH}"]
+        assert peft["ms_per_example_x_peft"] == 1.0
+        for row in group.values():
+            assert row["ms_per_example_x_peft"] == pytest.approx(row["ms_per_example"] / peft["ms_per_example"])
+    assert _results(out)["peft_score_gap"] < 1e-4  # scoring PEFT's prompt with our code gives PEFT's scores
+
+
+def test_accuracy_rows_beside_the_zero_shot_model(run: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = run
+    rows = {r["contender"]: r for r in _rows(out, "accuracy")}
+    assert set(rows) == {f"PEFT prompt tuning l={LENGTH}", "bare model: zero-shot", f"lamp l={LENGTH} r={RANK} p=4",
+                         f"prompt-tuning l={LENGTH}", f"dpt l={LENGTH} r={RANK}"}
+    for row in rows.values():
+        assert 0 <= row["accuracy"] <= 1
+    assert rows[f"PEFT prompt tuning l={LENGTH}"]["accuracy_x_peft"] in (1.0, None)
+    assert all(r["steps"] == 2 for name, r in rows.items() if name != "bare model: zero-shot")
+
+
+def test_growth_pairs_lamp_with_peft_at_each_length(run: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = run
+    rows = _rows(out, "growth")
+    assert [(r["method"], r["length"]) for r in rows] == [(m, n) for n in GROWTH for m in ("peft-pt", "lamp")]
+    for r in rows:
+        assert r["prompt_tokens"] == (r["length"] if r["method"] == "peft-pt" else r["length"] // 4)
+        assert r["step_s_x_peft"] == (1.0 if r["method"] == "peft-pt" else pytest.approx(r["step_s_x_peft"]))
+
+
+def test_markdown_and_csv_carry_the_same_rows(run: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = run
+    report = (out / "report.md").read_text()
+    assert "x PEFT" in report and "1.00x" in report and "python -m benchmarks" in report
+    for section in ("steps", "inference", "accuracy", "growth"):
+        with (out / f"{section}.csv").open() as f:
+            table = list(csv.DictReader(f))
+        assert [r["contender"] for r in table] == [r["contender"] for r in _rows(out, section)]
+        for row in table:
+            assert f"| {row['contender']} |" in report
+
+
+def test_settings_name_every_bad_value() -> None:
+    with pytest.raises(ConfigError) as exc:
+        make_settings(pools=(3,), growth_lengths=(10,), repeats=0, sections=("speed",))
+    text = str(exc.value)
+    assert "pools [3]" in text and "growth lengths [10]" in text and "repeats=0" in text and "speed" in text
+    quick = make_settings(quick=True, repeats=5)
+    assert quick.repeats == 5 and quick.batch_size == 8  # explicit flags win over the quick preset
+
+
+def test_lamp_bench_is_a_plugin_command() -> None:
+    from core.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--quick", "--out", "x"])
+    assert args.command == "bench" and args.quick and callable(args.handler)
+
+
+def test_measuring_helpers() -> None:
+    calls: list[int] = []
+    spread = time_calls(lambda: calls.append(1), torch.device("cpu"), warmup=2, repeats=3)
+    assert len(calls) == 5 and spread.n == 3 and spread.low <= spread.median <= spread.high
+    assert Spread.of([1.0, 3.0, 2.0]).scaled(2) == Spread(4.0, 2.0, 6.0, 3)
+    with PeakMemory(torch.device("cpu")) as mem:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        del block
+    assert mem.how and mem.mib >= 32
