@@ -55,7 +55,8 @@ class Bench:
         self.table = self.backbone.embedding_table()
         count = max(s.batch_size, s.growth_batch_size)
         # The same examples, in the same (seeded) order, for every contender of a section.
-        self.train_items: list[Encoded] = [self.codec.encode(e.source, e.target) for e in self.task.train[:count]]
+        self.train_items: list[Encoded] = self.codec.encode_many([(e.source, e.target)
+                                                                  for e in self.task.train[:count]])
         self.memory_how = ""
 
     # -- contenders -------------------------------------------------------------------------------------------
@@ -201,7 +202,7 @@ class Bench:
         """PEFT trained by an explicit loop on exactly fit()'s batches, learning-rate schedule and optimizer."""
         s = self.s
         examples = self.task.train[: s.accuracy_train_examples]
-        encoded = [self.codec.encode(e.source, e.target) for e in examples]
+        encoded = self.codec.encode_many([(e.source, e.target) for e in examples])
         lengths = [len(e.source) + len(e.target) for e in encoded]
         peft = self.peft(s.length)
         epoch, position, seconds = 0, 0, 0.0

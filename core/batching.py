@@ -63,6 +63,19 @@ class Codec:
         budget = max(self.max_length - (len(tgt) if self.family == "causal" else 0), 1)
         return Encoded(self.source(source, budget), tgt)
 
+    def encode_many(self, pairs: Sequence[tuple[str, str]], eos: bool = True) -> list[Encoded]:
+        """`encode` of many (source, target) pairs: one tokenizer call for all sources, each distinct target
+        (a task's few label words) tokenised once. Same ids as calling `encode` on each pair."""
+        targets = {t: self.target(t, eos) for t in dict.fromkeys(t for _, t in pairs)}
+        causal = self.family == "causal"
+        texts = [f"{s}\n{self.answer_cue}:" if causal else s for s, _ in pairs]
+        out = []
+        for ids, (_, t) in zip(self.tokenizer(texts)["input_ids"] if texts else [], pairs, strict=True):
+            tgt = targets[t]
+            budget = max(self.max_length - (len(tgt) if causal else 0), 1)
+            out.append(Encoded(list(ids[-budget:] if causal else ids[:budget]), list(tgt)))
+        return out
+
 
 @dataclass
 class Batch:

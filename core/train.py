@@ -163,7 +163,7 @@ def fit(
     train_examples = task.train[: spec.data.max_train_examples]
     val_examples = task.validation[: spec.data.max_eval_examples]
     test_examples = task.test[: spec.data.max_test_examples]
-    encoded: list[Encoded] = [codec.encode(e.source, e.target) for e in train_examples]
+    encoded: list[Encoded] = codec.encode_many([(e.source, e.target) for e in train_examples])
     lengths = [len(e.source) + len(e.target) for e in encoded]
     steps = total_steps(spec, len(encoded))
     optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=t.weight_decay)

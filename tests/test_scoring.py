@@ -96,3 +96,11 @@ def test_generate_and_rank_in_one_pass_equals_the_two_passes(backbone: Backbone)
     assert texts == generate(backbone, prompt, codec, TEXTS, max_new_tokens=4)
     assert_close(torch.tensor(scores), torch.tensor(rank_candidates(backbone, prompt, codec, TEXTS, words)),
                  rtol=1e-4, atol=1e-4)
+
+
+def test_encoding_many_at_once_equals_one_at_a_time(backbone: Backbone) -> None:
+    codec = Codec.for_backbone(backbone, max_length=12)  # short: truncation included
+    pairs = [(t, w) for t in TEXTS for w in ("negative", "yes please")]
+    assert codec.encode_many(pairs) == [codec.encode(s, t) for s, t in pairs]
+    assert codec.encode_many(pairs, eos=False) == [codec.encode(s, t, eos=False) for s, t in pairs]
+    assert codec.encode_many([]) == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
+from functools import cache
 from pathlib import Path
 
 from core.errors import DataError
@@ -37,8 +38,11 @@ def corpus_path() -> Path:
     return path
 
 
-def _reviews(path: Path) -> list[tuple[str, int]]:
-    """(text, label) pairs: no plot summaries, no empty texts, each text once, texts seen with both labels dropped."""
+@cache
+def _reviews(path: Path) -> tuple[tuple[str, int], ...]:
+    """(text, label) pairs: no plot summaries, no empty texts, each text once, texts seen with both labels dropped.
+
+    Parsed once per process (about a second for the compressed CSV); callers copy before shuffling."""
     import pandas as pd
 
     frame = pd.read_csv(path, usecols=["category", "text"], dtype=str, keep_default_na=False)
@@ -48,12 +52,12 @@ def _reviews(path: Path) -> list[tuple[str, int]]:
         if label is not None and text:
             labels_of.setdefault(text, set()).add(label)
     # dicts keep first-seen order, so the list (and the seeded shuffle after it) is the same on every run.
-    return [(text, next(iter(labels))) for text, labels in labels_of.items() if len(labels) == 1]
+    return tuple((text, next(iter(labels))) for text, labels in labels_of.items() if len(labels) == 1)
 
 
 def load_rotten_tomatoes(*, seed: int = 42) -> TaskData:
     """Shuffle with random.Random(seed); the first 1,000 reviews are the test set, the next 1,000 validation."""
-    reviews = _reviews(corpus_path())
+    reviews = list(_reviews(corpus_path()))
     random.Random(seed).shuffle(reviews)
     examples = [
         Example(source=TEMPLATE.format(text=text), target=LABEL_WORDS[label], label=label) for text, label in reviews
