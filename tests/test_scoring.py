@@ -98,6 +98,22 @@ def test_generate_and_rank_in_one_pass_equals_the_two_passes(backbone: Backbone)
                  rtol=1e-4, atol=1e-4)
 
 
+def test_a_prompt_shared_by_the_batch_runs_once_with_the_same_loss_and_gradient(backbone: Backbone) -> None:
+    """A shared (n, d) prompt goes through a decoder-only model once and the rows read its cached keys and values;
+    the same prompt given per row (B, n, d) takes the plain route. Both must give the same loss and gradient."""
+    codec = Codec.for_backbone(backbone)
+    batch = collate([codec.encode(t, "positive") for t in TEXTS], backbone.family, 2, backbone.device)
+    base = torch.randn(4, backbone.hidden_size, generator=torch.Generator().manual_seed(3)) * 0.05
+    shared, per_row = base.clone().requires_grad_(), base.clone().requires_grad_()
+    loss_shared = loss_fn(backbone, shared, batch)
+    loss_shared.backward()
+    loss_rows = loss_fn(backbone, per_row.expand(batch.size, -1, -1), batch)
+    loss_rows.backward()
+    assert_close(loss_shared, loss_rows, rtol=1e-5, atol=1e-5)
+    assert shared.grad is not None and per_row.grad is not None
+    assert_close(shared.grad, per_row.grad, rtol=1e-4, atol=1e-6)
+
+
 def test_encoding_many_at_once_equals_one_at_a_time(backbone: Backbone) -> None:
     codec = Codec.for_backbone(backbone, max_length=12)  # short: truncation included
     pairs = [(t, w) for t in TEXTS for w in ("negative", "yes please")]
