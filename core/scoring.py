@@ -148,7 +148,7 @@ def _next_token_logprobs(
         # One stand-in target token per row marks where the answer starts.
         items = [Encoded(encoded[i], [tokens[i][0]]) for i in idx]
         batch = collate(items, codec.family, codec.tokenizer.pad_token_id, backbone.device)
-        logp = _answer_start_logprobs(backbone, prompt, batch)  # (B, V)
+        logp = _answer_start_logprobs(backbone, prompt, batch).cpu()  # (B, V); one copy, not one sync per row
         for row, i in enumerate(idx):
             out[i] = logp[row, tokens[i]].tolist()
     return out
@@ -244,6 +244,7 @@ def generate_and_rank(
     scores: list[list[float]] = [[] for _ in sources]
     for idx in eval_batches([len(e) for e in encoded], batch_size):
         texts, first = _generate_causal(backbone, p, [encoded[i] for i in idx], max_new_tokens)
+        first = first.cpu()  # (B, V); one copy, not one sync per row
         for row, (i, text) in enumerate(zip(idx, texts, strict=True)):
             out[i] = text.strip()
             scores[i] = first[row, tokens[i]].tolist()
@@ -285,15 +286,15 @@ def _generate_causal(
     out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=cache,
                 use_cache=True, logits_to_keep=1)
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V): the answer's first-token distribution
-    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    done = [False] * rows
     result: list[list[int]] = [[] for _ in range(rows)]
     for _ in range(new):
         nxt = out.logits[:, -1].argmax(-1)  # (B,)
-        for r in range(rows):
+        for r, token in enumerate(nxt.tolist()):  # one device sync per decoding step
             if not done[r]:
-                result[r].append(int(nxt[r]))
-        done |= nxt == tok.eos_token_id
-        if bool(done.all()):
+                result[r].append(token)
+                done[r] = token == tok.eos_token_id
+        if all(done):
             break
         mask = torch.cat([mask, torch.ones(rows, 1, dtype=mask.dtype, device=device)], dim=1)
         positions = positions[:, -1:] + 1
