@@ -176,6 +176,9 @@ def spec_from_form(values: dict[str, Any]) -> tuple[RunSpec, int]:
         validate_spec(spec)
     except ConfigError as exc:
         _add(problems, str(exc))
+    if own and "task" in problems:  # "give a task or a file": with own data selected, the file is what is missing
+        problems.setdefault("data_file", problems.pop("task"))
+        problems.pop("task", None)
     if (ints["max_attempts"] or 0) < 1:
         problems["max_attempts"] = "must be at least 1"
     if own and data_file and not problems:

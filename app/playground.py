@@ -20,6 +20,7 @@ from jobs import store
 from jobs.db import read
 from jobs.models import Status
 
+ANSWER_COLUMNS = ("Job", "Tuned prompt", "Bare model", "Tuned scores", "Bare scores", "Model input")
 MAX_JOBS = 4
 """Jobs compared at once in the playground."""
 _PREDICTORS: OrderedDict[int, Predictor] = OrderedDict()
@@ -77,6 +78,5 @@ def ask(job_ids: Sequence[int], text: str, *, device: str = "cpu", max_new_token
                                  marker_pattern_shape="/"))
     fig.update_layout(barmode="group", height=320, template="plotly_white", title="Label probabilities",
                       yaxis={"range": [0, 1]}, margin={"l": 40, "r": 20, "t": 50, "b": 40})
-    table = pd.DataFrame(rows, columns=["Job", "Tuned prompt", "Bare model", "Tuned scores", "Bare scores",
-                                        "Model input"])
+    table = pd.DataFrame(rows, columns=list(ANSWER_COLUMNS))
     return table, fig

@@ -20,7 +20,8 @@ def build() -> gr.Dropdown:
         run = gr.Button("Compare", variant="primary", scale=0, min_width=120, elem_id="compare")
     cost = gr.Plot(label="Cost and accuracy", elem_id="compare-cost")
     knobs = gr.Plot(label="Accuracy against the knobs", elem_id="compare-knobs")
-    table = gr.Dataframe(label="The numbers behind the charts", interactive=False, elem_id="compare-table")
+    table = gr.Dataframe(headers=compare.COLUMNS, label="The numbers behind the charts", interactive=False,
+                         elem_id="compare-table")
     csv = gr.File(label="CSV", interactive=False, elem_id="compare-csv")
 
     # ---- events ----

@@ -68,9 +68,9 @@ def build(settings: ServeSettings) -> NewJobTab:
             c["model"] = gr.Textbox(d["model"], label="Model", info=INFO["model"], elem_id="field-model")
             with gr.Row():
                 c["dtype"] = gr.Dropdown(["float32", "bfloat16", "float16"], value=d["dtype"], label="dtype",
-                                         info=INFO["dtype"])
+                                         info=INFO["dtype"], elem_id="field-dtype")
                 c["quantize"] = gr.Dropdown(["none", "4bit"], value=d["quantize"], label="Quantize",
-                                            info=INFO["quantize"])
+                                            info=INFO["quantize"], elem_id="field-quantize")
             gr.Markdown("#### Method")
             c["method"] = gr.Radio(list(METHODS), value=d["method"], label="Method", info=INFO["method"],
                                    elem_id="field-method")
@@ -83,13 +83,15 @@ def build(settings: ServeSettings) -> NewJobTab:
                                  elem_id="param-count")
         with gr.Column(variant="panel"):
             gr.Markdown("#### Data")
-            c["source"] = gr.Radio(list(forms.SOURCES), value=d["source"], label="Data", show_label=False)
-            c["task"] = gr.Dropdown(list(BUILTIN_TASKS), value=d["task"], label="Built-in task", info=INFO["task"])
+            c["source"] = gr.Radio(list(forms.SOURCES), value=d["source"], label="Data", show_label=False,
+                                   elem_id="field-source")
+            c["task"] = gr.Dropdown(list(BUILTIN_TASKS), value=d["task"], label="Built-in task", info=INFO["task"],
+                                    elem_id="field-task")
             upload = gr.File(label=f"Your data: CSV, TSV, JSONL, JSON or Parquet (up to {settings.max_upload_mb} "
                              "MiB)", file_types=[".csv", ".tsv", ".jsonl", ".json", ".parquet"], elem_id="upload",
                              visible=False)
             upload_error = gr.Markdown(elem_id="upload-error", elem_classes=["lamp-error"])
-            c["data_file"] = gr.Textbox(d["data_file"], visible=False)
+            c["data_file"] = gr.Textbox(d["data_file"], visible=False, elem_id="field-data-file")
             preview = gr.Dataframe(label="First rows", visible=False, interactive=False, max_height=220,
                                    elem_id="preview")
             with gr.Row(visible=False) as columns_row:
@@ -98,21 +100,26 @@ def build(settings: ServeSettings) -> NewJobTab:
                 c["label_column"] = gr.Dropdown([], label="Label column", info=INFO["label_column"],
                                                 elem_id="field-label-column")
             with gr.Row(visible=False) as template_row:
-                c["template"] = gr.Textbox(d["template"], label="Template (optional)", info=INFO["template"])
+                c["template"] = gr.Textbox(d["template"], label="Template (optional)", info=INFO["template"],
+                                           elem_id="field-template")
                 c["kind"] = gr.Radio(["auto", "classification", "generation"], value=d["kind"], label="Kind",
-                                     info=INFO["kind"])
+                                     info=INFO["kind"], elem_id="field-kind")
     with gr.Accordion("Training", open=True), gr.Row():
         c["steps"] = gr.Number(d["steps"], label="Steps", precision=0, info=INFO["steps"], elem_id="field-steps")
-        c["batch_size"] = gr.Number(d["batch_size"], label="Batch size", precision=0, info=INFO["batch_size"])
+        c["batch_size"] = gr.Number(d["batch_size"], label="Batch size", precision=0, info=INFO["batch_size"],
+                                    elem_id="field-batch-size")
         c["lr"] = gr.Textbox("", label="Learning rate", info=INFO["lr"], elem_id="field-lr", placeholder="default")
-        c["weight_decay"] = gr.Number(d["weight_decay"], label="Weight decay", info=INFO["weight_decay"])
-        c["max_length"] = gr.Number(d["max_length"], label="Max length", precision=0, info=INFO["max_length"])
-        c["eval_every"] = gr.Number(d["eval_every"], label="Evaluate every", precision=0, info=INFO["eval_every"])
-        c["seed"] = gr.Number(d["seed"], label="Seed", precision=0, info=INFO["seed"])
+        c["weight_decay"] = gr.Number(d["weight_decay"], label="Weight decay", info=INFO["weight_decay"],
+                                      elem_id="field-weight-decay")
+        c["max_length"] = gr.Number(d["max_length"], label="Max length", precision=0, info=INFO["max_length"],
+                                    elem_id="field-max-length")
+        c["eval_every"] = gr.Number(d["eval_every"], label="Evaluate every", precision=0, info=INFO["eval_every"],
+                                    elem_id="field-eval-every")
+        c["seed"] = gr.Number(d["seed"], label="Seed", precision=0, info=INFO["seed"], elem_id="field-seed")
         c["device"] = gr.Dropdown(["auto", "cpu", "cuda"], value=d["device"], label="Device",
-                                  info=INFO["device"], allow_custom_value=True)
+                                  info=INFO["device"], allow_custom_value=True, elem_id="field-device")
         c["max_attempts"] = gr.Number(d["max_attempts"], label="Max attempts", precision=0,
-                                      info=INFO["max_attempts"])
+                                      info=INFO["max_attempts"], elem_id="field-max-attempts")
     form_error = gr.Markdown(elem_id="form-error", elem_classes=["lamp-error"])
     with gr.Row():
         submit = gr.Button("Launch job", variant="primary", elem_id="launch", scale=0, min_width=200)

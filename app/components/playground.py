@@ -21,7 +21,8 @@ def build(settings: ServeSettings) -> gr.Dropdown:
     text = gr.Textbox(label="Input", lines=3, elem_id="playground-input",
                       placeholder="e.g. a film review, for a Rotten Tomatoes prompt")
     ask = gr.Button("Ask", variant="primary", elem_id="ask", scale=0, min_width=160)
-    answers = gr.Dataframe(label="Answers", interactive=False, elem_id="playground-answers", wrap=True)
+    answers = gr.Dataframe(headers=list(playground.ANSWER_COLUMNS), label="Answers", interactive=False,
+                           elem_id="playground-answers", wrap=True)
     scores = gr.Plot(label="Label scores", elem_id="playground-scores")
 
     # ---- events ----

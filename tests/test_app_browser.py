@@ -1,0 +1,273 @@
+"""The dashboard end to end in a real headless Chromium (Debian's, driven by Playwright): `lamp serve` with its
+embedded worker on a private LAMP_HOME; upload a CSV, launch jobs on a tiny model, watch them succeed with their
+curves drawn, compare them, ask the playground; bad input shows its error; the file routes and the login hold.
+
+Screenshots of every tab go to $LAMP_SCREENSHOTS (default test-artifacts/screenshots)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_jobs_support import lamp_command, report
+
+CHROMIUM = os.environ.get("LAMP_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
+SHOTS = Path(os.environ.get("LAMP_SCREENSHOTS", Path(__file__).resolve().parents[1] / "test-artifacts/screenshots"))
+JOB_TIMEOUT_MS = 240_000
+
+pytestmark = pytest.mark.browser
+
+
+def _need_browser() -> None:
+    if Path(CHROMIUM).is_file():
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"no Chromium at {CHROMIUM} under CI: scripts/ci-services.sh installs Debian's chromium")
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set LAMP_CHROMIUM)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, home: Path, *args: str) -> None:
+        self.home = home
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("LAMP_DATABASE_URL", "LAMP_QUEUE_URL", "LAMP_ARTIFACTS_DIR", "LAMP_AUTH")}
+        env.update(LAMP_HOME=str(home), PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+        self.log = home / "serve.log"
+        home.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([*lamp_command(), "serve", "--port", str(self.port), *args], env=env,
+                                     stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(self.url, timeout=2):
+                    break
+            except urllib.error.HTTPError:
+                break  # it answers (e.g. 401 before login)
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"lamp serve did not start:\n{self.log.read_text()[-3000:]}") from None
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    _need_browser()
+    srv = Server(tmp_path_factory.mktemp("serve-home"), "--max-upload-mb", "1")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def page(server: Server) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.set_default_timeout(30_000)
+        start = time.monotonic()
+        pg.goto(server.url)
+        pg.locator("#launch").wait_for()
+        report("dashboard page load", seconds=round(time.monotonic() - start, 2))
+        yield pg
+        browser.close()
+
+
+def shot(page: Any, name: str) -> None:
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def tab(page: Any, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+    time.sleep(1.5)  # opening Compare or Playground reloads their job lists
+
+
+def field(page: Any, name: str) -> Any:
+    return page.locator(f"#field-{name}").locator("input, textarea").first
+
+
+def set_field(page: Any, name: str, value: object) -> None:
+    box = field(page, name)
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def pick(page: Any, dropdown: str, option: str) -> None:
+    page.keyboard.press("Escape")
+    page.locator("h2").first.click()  # blur: a focused dropdown does not reopen on click
+    box = page.locator(f"#{dropdown} input").first
+    box.click()
+    box.fill(option)  # filters the list to the wanted choice
+    page.get_by_role("option", name=re.compile(re.escape(option))).first.click()
+    time.sleep(0.3)
+
+
+def wait_status(page: Any, job_id: int, status: str, timeout: float = JOB_TIMEOUT_MS / 1000) -> None:
+    """Wait until the jobs table shows the job with this status (its row reads "ID<TAB>STATUS...")."""
+    pattern = re.compile(rf"(^|\n)\s*{job_id}\s+{status}\b")
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        text = page.locator("#jobs-table").inner_text()
+        if pattern.search(text):
+            return
+        time.sleep(1)
+    shot(page, f"timeout-job-{job_id}")
+    raise AssertionError(f"job {job_id} not {status} in {timeout:.0f} s; the table reads:\n{text}")
+
+
+def test_a_bad_upload_shows_its_error(page: Any, tmp_path: Path) -> None:
+    page.locator("#field-source").get_by_label("my own file").check()
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    page.locator("#upload input[type=file]").set_input_files(str(empty))
+    page.locator("#upload-error").get_by_text("empty.csv: file is empty").filter(visible=True).first.wait_for()
+    big = tmp_path / "big.csv"
+    big.write_text("text,label\n" + "some words,yes\n" * 80_000)  # ~1.2 MiB, over the 1 MiB limit
+    page.locator("#upload input[type=file]").set_input_files(str(big))
+    page.get_by_text(re.compile("exceed|too large|over the upload limit", re.I)).filter(visible=True).first.wait_for()
+    shot(page, "new-job-bad-upload")
+
+
+def test_bad_knobs_are_reported_beside_their_fields(page: Any) -> None:
+    set_field(page, "rank", 200)
+    set_field(page, "steps", 0)
+    page.locator("#launch").click()
+    page.locator("#field-rank").get_by_text(re.compile("rank=200")).filter(visible=True).first.wait_for()
+    page.locator("#field-steps").get_by_text(re.compile("steps=0")).filter(visible=True).first.wait_for()
+    page.locator("#form-error").get_by_text(re.compile("problem")).filter(visible=True).first.wait_for()
+    shot(page, "new-job-field-errors")
+
+
+def _launch(page: Any, tiny_llama_dir: Path, method: str) -> int:
+    tab(page, "New job")
+    set_field(page, "model", tiny_llama_dir)
+    page.locator("#field-method").get_by_label("lamp").check()  # every knob editable
+    for name, value in (("length", 8), ("rank", 4), ("pool", 2), ("steps", 8), ("batch-size", 4),
+                        ("eval-every", 4), ("max-length", 64), ("lr", 0.05)):
+        set_field(page, name, value)
+    page.locator("#field-method").get_by_label(method).check()
+    pick(page, "field-device", "cpu")
+    time.sleep(0.5)
+    page.locator("#launch").click()
+    result = page.locator("#launch-result").get_by_text(re.compile(r"Job \d+ queued"))
+    result.wait_for()
+    return int(re.search(r"Job (\d+) queued", result.inner_text()).group(1))  # type: ignore[union-attr]
+
+
+def test_upload_launch_and_watch_a_job_succeed_with_its_curve(page: Any, server: Server, tiny_llama_dir: Path,
+                                                              sentiment_csv: Path) -> None:
+    tab(page, "New job")
+    page.locator("#upload input[type=file]").set_input_files(str(sentiment_csv))
+    page.locator("#preview").get_by_text("wonderful acting 0").filter(visible=True).first.wait_for()
+    assert "review" in page.locator("#field-text-column input").input_value()
+    assert "verdict" in page.locator("#field-label-column input").input_value()
+    params = page.locator("#param-count")
+    set_field(page, "length", 8)
+    set_field(page, "rank", 4)
+    set_field(page, "pool", 2)
+    set_field(page, "model", tiny_llama_dir)
+    params.get_by_text(re.compile(r"d = 32")).filter(visible=True).first.wait_for()
+    shot(page, "new-job")
+    started = time.monotonic()
+    job_id = _launch(page, tiny_llama_dir, "lamp")
+    # The page switches to the Jobs tab and follows the new job.
+    page.locator("#job-details").get_by_text(f"Job {job_id}").filter(visible=True).first.wait_for()
+    page.locator("#job-curves .scatterlayer .trace").filter(visible=True).first.wait_for(timeout=JOB_TIMEOUT_MS)
+    report("dashboard submit to first curve point (tiny model)", seconds=round(time.monotonic() - started, 1))
+    wait_status(page, job_id, "SUCCEEDED")
+    page.locator("#job-details").get_by_text(re.compile("trainable params")).filter(visible=True).first.wait_for()
+    assert page.locator("#job-curves .scatterlayer .trace").count() >= 3
+    uploads = list((server.home / "uploads").rglob("*.csv"))
+    assert [p.name for p in uploads] == ["reviews.csv"]
+    assert not list((server.home / "gradio-tmp").rglob("reviews.csv"))  # the upload itself is gone
+    page.locator("#download-artifact").click()
+    page.locator("#download").get_by_text(f"lamp-job-{job_id}").filter(visible=True).first.wait_for()
+    shot(page, "jobs")
+
+
+def test_compare_two_jobs(page: Any, tiny_llama_dir: Path) -> None:
+    second = _launch(page, tiny_llama_dir, "prompt-tuning")
+    wait_status(page, second, "SUCCEEDED")
+    tab(page, "Compare")
+    pick(page, "compare-jobs", "lamp")
+    pick(page, "compare-jobs", "prompt-tuning")
+    page.locator("#compare").click()
+    page.locator("#compare-table").get_by_text("prompt-tuning").filter(visible=True).first.wait_for()
+    page.locator("#compare-cost .js-plotly-plot").wait_for()
+    page.locator("#compare-csv").get_by_text("lamp-compare").filter(visible=True).first.wait_for()
+    shot(page, "compare")
+
+
+def test_playground_answers_beside_the_bare_model(page: Any) -> None:
+    tab(page, "Playground")
+    pick(page, "playground-jobs", "lamp")
+    pick(page, "playground-jobs", "prompt-tuning")
+    page.locator("#playground-input textarea").fill("a wonderful film, I loved it")
+    page.locator("#ask").click()
+    answers = page.locator("#playground-answers")
+    answers.get_by_text(re.compile(r"#\d+ prompt-tuning")).filter(visible=True).first.wait_for(timeout=120_000)
+    assert answers.get_by_text(re.compile(r"^(good|bad)$")).count() >= 4
+    shot(page, "playground")
+
+
+def test_file_routes_serve_nothing_outside_the_apps_data(server: Server) -> None:
+    for target in ("/etc/passwd", str(server.home / "lamp.db"), str(server.log)):
+        url = f"{server.url}gradio_api/file={target}"
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(url, timeout=10)
+        assert info.value.code in (403, 404), url
+
+
+def test_a_login_guards_the_page_and_every_handler(page: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
+    srv = Server(tmp_path_factory.mktemp("auth-home"), "--no-worker", "--auth", "ann:s3cret")
+    try:
+        for path in ("gradio_api/info", "config", "gradio_api/queue/status"):
+            with pytest.raises(urllib.error.HTTPError) as info:
+                urllib.request.urlopen(srv.url + path, timeout=10)
+            assert info.value.code in (401, 403), path
+        context = page.context.browser.new_context()  # no cookies of the other server
+        try:
+            pg = context.new_page()
+            pg.goto(srv.url)
+            pg.get_by_label(re.compile("username", re.I)).fill("ann")
+            pg.get_by_label(re.compile("password", re.I)).fill("wrong")
+            pg.get_by_role("button", name=re.compile("login", re.I)).click()
+            pg.get_by_text(re.compile("incorrect", re.I)).filter(visible=True).first.wait_for()
+            pg.get_by_label(re.compile("username", re.I)).fill("ann")
+            pg.get_by_label(re.compile("password", re.I)).fill("s3cret")
+            pg.get_by_role("button", name=re.compile("login", re.I)).click()
+            pg.locator("#launch").wait_for()
+            shot(pg, "login-then-dashboard")
+        finally:
+            context.close()
+    finally:
+        srv.stop()
