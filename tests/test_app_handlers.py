@@ -3,14 +3,16 @@ and the Playground, on a real SQLite store with jobs run by the real worker path
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_jobs_support import tiny_spec
+from test_jobs_support import postgres_database, service_url, tiny_spec
 
 from app import compare, forms, monitor, playground
 from app.settings import parse_auth
@@ -22,20 +24,37 @@ from jobs.db import dispose_engines, read, upgrade_database
 from jobs.models import Status
 
 
-@pytest.fixture()
-def store_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def _store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str) -> Iterator[Path]:
+    """The embedded default (SQLite store and queue) or the scaled-out pair (PostgreSQL store, Redis queue)."""
     from jobs import runner
-    from jobs.queue import use_queue
+    from jobs.queue import huey, use_queue
 
-    url = f"sqlite:///{tmp_path / 'lamp.db'}"
-    monkeypatch.setenv("LAMP_DATABASE_URL", url)
     monkeypatch.setenv("LAMP_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
     monkeypatch.setattr(runner, "settings", runner.WorkerSettings(threads=1, lease_seconds=10, stop_grace=10))
-    use_queue("memory://")
     runner.open_for_work()
-    upgrade_database(url)
-    yield tmp_path
-    dispose_engines()
+    with contextlib.ExitStack() as stack:
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp_path / 'lamp.db'}"
+            use_queue(f"sqlite:///{tmp_path / 'queue.db'}")
+        else:
+            url = stack.enter_context(postgres_database(service_url("LAMP_TEST_POSTGRES_URL")))
+            use_queue(service_url("LAMP_TEST_REDIS_URL"), name=f"lamp-app-{uuid.uuid4().hex[:8]}")
+            stack.callback(huey.flush)
+        monkeypatch.setenv("LAMP_DATABASE_URL", url)
+        upgrade_database(url)
+        yield tmp_path
+        dispose_engines()
+    use_queue("memory://")
+
+
+@pytest.fixture()
+def store_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    yield from _store(tmp_path, monkeypatch, "sqlite")
+
+
+@pytest.fixture(params=["sqlite", "redis+postgres"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    yield from _store(tmp_path, monkeypatch, request.param)
 
 
 def _form(**changes: object) -> dict[str, object]:
@@ -157,6 +176,15 @@ def test_auth_settings() -> None:
 
 @pytest.fixture()
 def finished_jobs(store_env: Path, tiny_llama_dir: Path, sentiment_csv: Path) -> list[int]:
+    return _run_two_jobs(tiny_llama_dir, sentiment_csv)
+
+
+@pytest.fixture()
+def finished_jobs_any_store(any_store: Path, tiny_llama_dir: Path, sentiment_csv: Path) -> list[int]:
+    return _run_two_jobs(tiny_llama_dir, sentiment_csv)
+
+
+def _run_two_jobs(tiny_llama_dir: Path, sentiment_csv: Path) -> list[int]:
     """Two jobs (LAMP and prompt tuning) run through the real worker path: claim, training process, results."""
     from dataclasses import replace
 
@@ -175,7 +203,8 @@ def finished_jobs(store_env: Path, tiny_llama_dir: Path, sentiment_csv: Path) ->
     return ids
 
 
-def test_jobs_tab_shows_status_progress_curves_and_downloads(finished_jobs: list[int]) -> None:
+def test_jobs_tab_shows_status_progress_curves_and_downloads(finished_jobs_any_store: list[int]) -> None:
+    finished_jobs = finished_jobs_any_store
     frame = monitor.jobs_frame()
     assert list(frame.columns) == monitor.JOB_COLUMNS and sorted(frame["ID"]) == finished_jobs
     row = frame[frame["ID"] == finished_jobs[0]].iloc[0]
