@@ -46,5 +46,5 @@ def build_ui(settings: ServeSettings | None = None) -> gr.Blocks:
         compare_tab.select(succeeded, None, compare_picker)
         play_tab.select(succeeded, None, play_picker)
         ui.load(lambda: [succeeded(), succeeded()], None, [compare_picker, play_picker])
-        ui.load(board.refresh, board.job_id, board.outputs)
+        ui.load(jobs.job_from_url, None, board.job_id).then(board.refresh, board.job_id, board.outputs)
     return ui

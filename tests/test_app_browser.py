@@ -209,6 +209,11 @@ def test_upload_launch_and_watch_a_job_succeed_with_its_curve(page: Any, server:
     uploads = list((server.home / "uploads").rglob("*.csv"))
     assert [p.name for p in uploads] == ["reviews.csv"]
     assert not list((server.home / "gradio-tmp").rglob("reviews.csv"))  # the upload itself is gone
+    assert f"job={job_id}" in page.url  # the followed job is in the address
+    page.reload()  # nothing is lost: the jobs come back from the store, the followed job from the address
+    tab(page, "Jobs")
+    page.locator("#job-details").get_by_text(f"Job {job_id}: SUCCEEDED").filter(visible=True).first.wait_for()
+    page.locator("#job-curves .scatterlayer .trace").first.wait_for()
     page.locator("#download-artifact").click()
     page.locator("#download").get_by_text(f"lamp-job-{job_id}").filter(visible=True).first.wait_for()
     shot(page, "jobs")
@@ -235,7 +240,10 @@ def test_playground_answers_beside_the_bare_model(page: Any) -> None:
     page.locator("#ask").click()
     answers = page.locator("#playground-answers")
     answers.get_by_text(re.compile(r"#\d+ prompt-tuning")).filter(visible=True).first.wait_for(timeout=120_000)
-    assert answers.get_by_text(re.compile(r"^(good|bad)$")).count() >= 4
+    lines = [line.strip() for line in answers.inner_text().splitlines()]
+    assert sum(re.fullmatch(r"#\d+ (lamp|prompt-tuning)", line) is not None for line in lines) == 2, lines
+    # tuned and bare answer per job, in its task's label words (the second job trained on the built-in task)
+    assert sum(line in ("good", "bad", "positive", "negative") for line in lines) == 4, " | ".join(lines)
     shot(page, "playground")
 
 

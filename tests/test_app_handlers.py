@@ -241,6 +241,19 @@ def test_cancel_and_retry(store_env: Path, tiny_llama_dir: Path, sentiment_csv: 
         monitor.artifact_zip(new_id)
 
 
+def test_a_failed_job_shows_its_error(store_env: Path, tiny_llama_dir: Path, sentiment_csv: Path) -> None:
+    from jobs.queue import execute_next
+    from jobs.tasks import submit
+
+    job_id = submit(tiny_spec(tiny_llama_dir / "missing-model", sentiment_csv))
+    assert execute_next()
+    details = monitor.job_details(job_id)
+    assert "FAILED" in details.markdown and "missing-model" in details.error
+    assert (details.can_cancel, details.can_retry, details.can_download) == (False, True, False)
+    row = monitor.jobs_frame().iloc[0]
+    assert row["Status"] == "FAILED" and "missing-model" in row["Result"]
+
+
 def test_compare_table_charts_and_csv(finished_jobs: list[int]) -> None:
     frame = compare.compare_frame([*finished_jobs, 999])
     assert list(frame["job"]) == finished_jobs and list(frame["method"]) == ["lamp", "prompt-tuning"]

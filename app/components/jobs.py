@@ -14,6 +14,18 @@ from app import monitor
 from app.components.common import friendly
 
 POLL_SECONDS = 2.0
+KEEP_IN_URL = """(job) => {
+  const url = new URL(window.location.href);
+  if (job) { url.searchParams.set("job", String(job)); } else { url.searchParams.delete("job"); }
+  window.history.replaceState(null, "", url);
+  return job;
+}"""
+
+
+def job_from_url(request: gr.Request | None) -> int | None:
+    """The job named by `?job=N` in the page's address, if any."""
+    raw = dict(request.query_params).get("job") if request is not None else None
+    return int(raw) if raw and str(raw).isdigit() else None
 
 
 @dataclass
@@ -22,7 +34,7 @@ class JobsTab:
     table: gr.Dataframe
     timer: gr.Timer
     refresh: Callable[[float | None], list[Any]]
-    """Fills the tab (on page load, before the first timer tick)."""
+    """Fills the tab at once (on page load, before the first timer tick)."""
     outputs: list[Any]
 
 
@@ -65,6 +77,8 @@ def build() -> JobsTab:
     timer.tick(poll, [job_id, seen], outputs, show_progress="hidden")
     refresh.click(lambda job: poll(job, None), job_id, outputs)
     job_id.change(lambda job: poll(job, None), job_id, outputs, show_progress="hidden")
+    # The followed job goes into the address (?job=N): a reload, a bookmark or a shared link opens it again.
+    job_id.change(None, job_id, None, js=KEEP_IN_URL)
 
     def pick(frame: pd.DataFrame, evt: gr.SelectData) -> Any:
         row = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
