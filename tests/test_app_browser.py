@@ -248,7 +248,9 @@ def test_playground_answers_beside_the_bare_model(page: Any) -> None:
 
 
 def test_file_routes_serve_nothing_outside_the_apps_data(server: Server) -> None:
-    for target in ("/etc/passwd", str(server.home / "lamp.db"), str(server.log)):
+    uploaded = [str(p) for p in (server.home / "uploads").rglob("*.csv")]
+    assert uploaded  # the earlier test's upload, kept for its job but never served
+    for target in ("/etc/passwd", str(server.home / "lamp.db"), str(server.log), *uploaded):
         url = f"{server.url}gradio_api/file={target}"
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(url, timeout=10)

@@ -153,6 +153,26 @@ def test_an_upload_is_kept_under_lamp_home_and_the_temporary_file_removed(tmp_pa
         open_upload(sentiment_csv, max_bytes=2**20)
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "tsv"])
+def test_jsonl_parquet_and_tsv_uploads_are_read_like_csv(tmp_path: Path, fmt: str) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame({"review": [f"a long review text number {i}" for i in range(12)],
+                          "verdict": ["good", "bad"] * 6})
+    folder = tmp_path / "gradio-upload" / fmt
+    folder.mkdir(parents=True)
+    temp = folder / f"reviews.{fmt}"
+    if fmt == "jsonl":
+        frame.to_json(temp, orient="records", lines=True)
+    elif fmt == "parquet":
+        frame.to_parquet(temp)
+    else:
+        frame.to_csv(temp, sep="\t", index=False)
+    data = accept_upload(temp, max_bytes=2**20)
+    assert not temp.exists() and data.columns == ["review", "verdict"] and len(data.table.rows) == 12
+    assert guess_columns(data.table) == ("review", "verdict")
+
+
 @pytest.mark.parametrize(("name", "text", "message"), [
     ("notes.txt", "hello", "unknown file type '.txt'"),
     ("empty.csv", "", "empty.csv: file is empty"),
