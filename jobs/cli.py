@@ -118,3 +118,58 @@ def register(sub: Any) -> None:
                    help="requeue a job this long after its worker stops heartbeating (default 30, "
                         "or LAMP_LEASE_SECONDS)")
     p.set_defaults(handler=cmd_worker)
+    register_estimate(sub)
+
+
+def cmd_estimate(a: argparse.Namespace) -> int:
+    from core.estimate import data_widths, estimate, with_timing
+    from jobs.db import upgrade_database
+    from jobs.estimates import timed_from_history
+
+    spec = spec_from_args(a)
+    widths = data_widths(spec)
+    est = estimate(spec, widths)
+    if a.probe:
+        from benchmarks.probe import probe
+
+        measured = probe(spec, steps=a.probe_steps)
+        est = with_timing(spec, widths, est, measured.seconds_per_step,
+                          f"measured by a {measured.steps}-step probe")
+        probed: dict[str, Any] | None = {"seconds_per_step": measured.seconds_per_step,
+                                         "activations_mb": measured.activations_mb, "peak_mb": measured.peak_mb,
+                                         "memory": measured.memory_how}
+    else:
+        upgrade_database()
+        est = timed_from_history(spec, widths, est)
+        probed = None
+    if a.json:
+        print(json.dumps({**est.to_json(), "mean_batch_width": widths.mean, "probe": probed}))
+        return 0
+    rows = [
+        ("trainable parameters", f"{est.trainable_params:,}"),
+        ("prompt tokens the model reads", f"{est.prompt_tokens}"),
+        ("sequence (prompt + mean batch width)", f"{est.sequence_tokens:.0f} tokens (longest {est.longest_sequence})"),
+        (f"peak memory ({est.device})", f"{est.peak_mb:,.0f} MiB = weights {est.weights_mb:,.0f} + activations "
+         f"{est.activations_mb:,.0f}" + (f" + runtime {est.runtime_mb:,.0f}" if est.runtime_mb else "")),
+    ]
+    if est.seconds_per_step is not None and est.run_seconds is not None:
+        rows.append(("time", f"{est.seconds_per_step:.2f} s/step, {est.run_seconds / 60:.1f} min for the run "
+                     f"({est.timing})"))
+    else:
+        rows.append(("time", est.timing))
+    if probed is not None:
+        rows.append(("probe: measured memory", f"activations {probed['activations_mb']:,.0f} MiB, process peak "
+                     f"{probed['peak_mb']:,.0f} MiB ({probed['memory']})"))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def register_estimate(sub: Any) -> None:
+    p = sub.add_parser("estimate", help="what a run will cost: parameters, sequence, memory, time (before launch)")
+    add_spec_arguments(p)
+    p.add_argument("--probe", action="store_true", help="measure a few real training steps for the time")
+    p.add_argument("--probe-steps", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_estimate)
