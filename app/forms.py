@@ -273,3 +273,45 @@ def default_lr_note(method: str) -> str:
 
 
 __all__ = ["DEFAULTS", "FIELDS", "METHODS", "PRESETS", "FormError", "field_of", "param_summary", "spec_from_form"]
+
+
+_WIDTH_KEYS = ("model", "source", "task", "data_file", "text_column", "template", "label_column", "kind",
+               "max_length", "batch_size", "seed")
+
+
+@lru_cache(maxsize=32)
+def _widths(key: tuple[Any, ...], spec_json: str) -> Any:
+    from core.estimate import data_widths
+    from core.spec import spec_from_dict
+
+    return data_widths(spec_from_dict(json.loads(spec_json)))
+
+
+def cost_summary(values: dict[str, Any]) -> str:
+    """Markdown: the estimate of `lamp estimate` for the form's settings (data widths cached per data setting)."""
+    from core.estimate import estimate
+    from core.spec import spec_to_dict
+    from jobs.estimates import timed_from_history
+
+    try:
+        spec, _ = spec_from_form(values)
+    except FormError:
+        return "**Cost:** fix the form's problems first."
+    if spec.model.name == "default":
+        from core.backbone import lamp_home
+
+        if not (lamp_home() / "models" / "smollm2-135m-instruct" / "model.safetensors").is_file():
+            return "**Cost:** shown once the default model has been converted (its first job does it)."
+    try:
+        widths = _widths(tuple(str(values.get(k)) for k in _WIDTH_KEYS), json.dumps(spec_to_dict(spec)))
+        est = timed_from_history(spec, widths, estimate(spec, widths))
+    except LampError as exc:
+        return f"**Cost:** cannot estimate: {str(exc).splitlines()[0]}"
+    except OSError as exc:
+        return f"**Cost:** cannot read the model's config or tokenizer here: {exc}"
+    time = (f"{est.seconds_per_step:.1f} s/step, about {est.run_seconds / 60:.0f} min for the run ({est.timing})"
+            if est.seconds_per_step is not None and est.run_seconds is not None else est.timing)
+    return (f"**Cost ({est.device}):** sequence ≈ {est.sequence_tokens:.0f} tokens (longest "
+            f"{est.longest_sequence}) · peak memory ≈ **{est.peak_mb:,.0f} MiB** (weights {est.weights_mb:,.0f} + "
+            f"activations {est.activations_mb:,.0f}" + (f" + runtime {est.runtime_mb:,.0f}" if est.runtime_mb
+                                                           else "") + f") · time: {time}")

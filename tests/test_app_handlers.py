@@ -138,6 +138,14 @@ def test_parameter_count_follows_the_formulas(tiny_llama_dir: Path) -> None:
     assert "read when the job loads it" in forms.param_summary("no-such/model-id", "dpt", 100, 8, 1)
 
 
+def test_the_form_shows_the_cost_estimate(store_env: Path, tiny_llama_dir: Path, sentiment_csv: Path) -> None:
+    values = _form(model=str(tiny_llama_dir), source=forms.OWN_DATA, data_file=str(sentiment_csv),
+                   text_column="review", label_column="verdict", length=8, rank=4, pool=2, batch_size=4)
+    text = forms.cost_summary(values)
+    assert text.startswith("**Cost (") and "peak memory" in text and "MiB" in text and "no earlier job" in text
+    assert "fix the form" in forms.cost_summary({**values, "rank": 99})
+
+
 # ---- uploads ----
 
 def test_an_upload_is_kept_under_lamp_home_and_the_temporary_file_removed(tmp_path: Path, sentiment_csv: Path

@@ -81,6 +81,8 @@ def build(settings: ServeSettings) -> NewJobTab:
                 c["pool"] = gr.Number(d["pool"], label="Pool", precision=0, info=INFO["pool"], elem_id="field-pool")
             params = gr.Markdown(forms.param_summary(d["model"], d["method"], d["length"], d["rank"], d["pool"]),
                                  elem_id="param-count")
+            cost = gr.Markdown("**Cost:** press Estimate, or change a knob.", elem_id="cost-estimate")
+            estimate = gr.Button("Estimate cost", size="sm", elem_id="estimate", scale=0)
         with gr.Column(variant="panel"):
             gr.Markdown("#### Data")
             c["source"] = gr.Radio(list(forms.SOURCES), value=d["source"], label="Data", show_label=False,
@@ -173,6 +175,15 @@ def build(settings: ServeSettings) -> NewJobTab:
         return [forms.PRESETS[label].note] + [values[n] if n in values else gr.skip() for n in forms.FIELDS]
 
     preset.change(on_preset, preset, [preset_note, *inputs])
+
+    def on_cost(*values: Any) -> str:
+        return forms.cost_summary(dict(zip(forms.FIELDS, values, strict=True)))
+
+    # The estimate follows the knobs; reading the data's widths the first time takes a few seconds, then is cached.
+    cost_triggers = [c[n].change for n in ("method", "length", "rank", "pool", "batch_size", "max_length", "dtype",
+                                            "quantize", "task", "data_file", "label_column", "text_column")]
+    gr.on([estimate.click, *cost_triggers], on_cost, inputs, cost, show_progress="minimal",
+          trigger_mode="always_last", concurrency_limit=2)
 
     def on_submit(*values: Any) -> list[Any]:
         from jobs.tasks import submit as submit_job
