@@ -165,6 +165,9 @@ def test_bad_knobs_are_reported_beside_their_fields(page: Any) -> None:
     page.locator("#field-steps").get_by_text(re.compile("steps=0")).filter(visible=True).first.wait_for()
     page.locator("#form-error").get_by_text(re.compile("problem")).filter(visible=True).first.wait_for()
     shot(page, "new-job-field-errors")
+    set_field(page, "rank", 4)  # editing a field clears its problem
+    page.locator("#field-rank").get_by_text(re.compile("rank=200")).wait_for(state="hidden")
+    assert page.locator("#field-steps").get_by_text(re.compile("steps=0")).count() == 1
 
 
 def _launch(page: Any, tiny_llama_dir: Path, method: str) -> int:
@@ -179,7 +182,7 @@ def _launch(page: Any, tiny_llama_dir: Path, method: str) -> int:
     time.sleep(0.5)
     page.locator("#launch").click()
     result = page.locator("#launch-result").get_by_text(re.compile(r"Job \d+ queued"))
-    result.wait_for()
+    result.wait_for(state="attached")  # the page may already have switched to the Jobs tab
     return int(re.search(r"Job (\d+) queued", result.inner_text()).group(1))  # type: ignore[union-attr]
 
 
@@ -196,6 +199,10 @@ def test_upload_launch_and_watch_a_job_succeed_with_its_curve(page: Any, server:
     set_field(page, "pool", 2)
     set_field(page, "model", tiny_llama_dir)
     params.get_by_text(re.compile(r"d = 32")).filter(visible=True).first.wait_for()
+    set_field(page, "steps", 8)
+    page.keyboard.press("Escape")  # close whichever dropdown the last Tab opened
+    page.locator("#cost-estimate").get_by_text(re.compile(r"peak memory")).filter(visible=True).first.wait_for()
+    assert page.locator(".lamp-field-error").count() == 0  # the problems shown earlier went as their fields changed
     shot(page, "new-job")
     started = time.monotonic()
     job_id = _launch(page, tiny_llama_dir, "lamp")

@@ -180,8 +180,7 @@ def build(settings: ServeSettings) -> NewJobTab:
         return forms.cost_summary(dict(zip(forms.FIELDS, values, strict=True)))
 
     # The estimate follows the knobs; reading the data's widths the first time takes a few seconds, then is cached.
-    cost_triggers = [c[n].change for n in ("method", "length", "rank", "pool", "batch_size", "max_length", "dtype",
-                                            "quantize", "task", "data_file", "label_column", "text_column")]
+    cost_triggers = [c["model"].blur, *(c[n].change for n in forms.FIELDS if n != "model")]
     gr.on([estimate.click, *cost_triggers], on_cost, inputs, cost, show_progress="minimal",
           trigger_mode="always_last", concurrency_limit=2)
 
@@ -205,4 +204,11 @@ def build(settings: ServeSettings) -> NewJobTab:
 
     submit.click(on_submit, inputs, [*with_info, upload_error, form_error, result, submitted],
                  concurrency_limit=4)
+
+    # A problem shown beside a field goes away as soon as that field is edited.
+    def clear(name: str) -> Any:
+        return lambda: gr.update(info=INFO[name], elem_classes=[])
+
+    for name in INFO:
+        c[name].change(clear(name), None, c[name], show_progress="hidden", queue=False)
     return NewJobTab(inputs=c, submit=submit, result=result, submitted=submitted)
