@@ -164,8 +164,8 @@ def job_details(job_id: int | None) -> Details:
         lines.append(f"Test: {metrics} · trainable params **{result.trainable_params:,}** · peak memory "
                      f"{result.peak_memory_mb:,.0f} MiB · training {format_seconds(result.train_seconds)} · "
                      f"{result.examples_per_second:.1f} examples/s")
-    count = len(read(store.metric_points, job_id=job.id, split="train", name="loss"))
-    signature = (job.status, job.step, job.cancel_requested, job.attempts, count, result is not None)
+    # No point query here: this runs on every poll, and the step, status and result say when new points arrived.
+    signature = (job.status, job.step, job.cancel_requested, job.attempts, result is not None)
     return Details("\n\n".join(lines), job.error or "", job.status in (Status.QUEUED, Status.RUNNING)
                    and not job.cancel_requested, job.status in (Status.FAILED, Status.CANCELLED),
                    job.status == Status.SUCCEEDED, signature)

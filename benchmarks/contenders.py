@@ -34,7 +34,22 @@ def _trainable(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
-class Ours:
+class _Trained:
+    """A contender with parameters to train: the ones that require grad, and AdamW over them."""
+
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+
+    def _train(self, module: nn.Module, lr: float) -> None:
+        self.params = _trainable(module)
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=WEIGHT_DECAY)
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+
+class Ours(_Trained):
     """A LAMP Studio prompt module with its optimizer."""
 
     def __init__(self, backbone: Backbone, config: MethodConfig, embeddings: torch.Tensor, common: list[int],
@@ -44,12 +59,7 @@ class Ours:
         self.module, self.init_ids = build_prompt(config, embeddings, common, torch.Generator().manual_seed(seed))
         self.init_params = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
         self.module.to(backbone.device)
-        self.params = _trainable(self.module)
-        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=WEIGHT_DECAY)
-
-    @property
-    def trainable_params(self) -> int:
-        return sum(p.numel() for p in self.params)
+        self._train(self.module, lr)
 
     @property
     def formula_params(self) -> int:
@@ -96,7 +106,7 @@ class Floor:
         return None
 
 
-class PeftPromptTuning:
+class PeftPromptTuning(_Trained):
     """PEFT prompt tuning with a vocabulary-sampled init, on the same backbone object (PEFT leaves its weights be)."""
 
     method = "peft-pt"
@@ -115,12 +125,7 @@ class PeftPromptTuning:
         torch.manual_seed(seed)  # SAMPLE_VOCAB draws its token ids from torch's global generator
         self.model = get_peft_model(backbone.model, config)
         self.model.to(backbone.device)
-        self.params = _trainable(self.model)
-        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=WEIGHT_DECAY)
-
-    @property
-    def trainable_params(self) -> int:
-        return sum(p.numel() for p in self.params)
+        self._train(self.model, lr)
 
     @property
     def formula_params(self) -> int:
