@@ -114,7 +114,7 @@ class ProgressPrinter:
             self.bar.set_postfix(loss=f"{event.data['loss']:.3f}", ex_s=f"{event.data['examples_per_second']:.1f}",
                                  norm=f"{event.data['norm_ratio']:.2f}x")
         elif event.kind in ("eval", "test"):
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in event.data.items())
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in event.data.items() if isinstance(v, int | float))
             self._line(f"step {event.step} {'validation' if event.kind == 'eval' else 'test'}: {shown}")
         elif event.kind == "warning":
             self._line(f"warning at step {event.step}: {event.data['message']}")

@@ -207,7 +207,9 @@ def fit(
         with torch.no_grad():
             metrics, scoring = evaluate(backbone, prompt(), codec, task, examples,
                                         generate=t.generate_eval and kind == "test")
-        send(Event("eval" if kind == "val" else "test", step, steps, {**metrics}))
+        # The name of the metric that picks the best checkpoint travels with it (a study's pruner reads it).
+        data = {**metrics, "primary": primary_metric(task, metrics)}
+        send(Event("eval" if kind == "val" else "test", step, steps, data))
         return metrics, scoring
 
     send(Event("start", step, steps, {
