@@ -107,8 +107,8 @@ def rank_candidates(
     When every candidate of a source is one token, one forward over the source gives all of them at once.
     """
     p = prompt if prompt is not None else _empty_prompt(backbone)
-    targets = _answer_tokens(codec, candidates)
-    firsts = [_one_token_each(targets, cands) for cands in candidates]
+    targets = answer_tokens(codec, candidates)
+    firsts = [one_token_each(targets, cands) for cands in candidates]
     out: list[list[float]] = [[] for _ in sources]
     short = [i for i, ids in enumerate(firsts) if ids is not None]
     if short:
@@ -121,7 +121,7 @@ def rank_candidates(
     for i, (src, cands) in enumerate(zip(sources, candidates, strict=True)):
         if firsts[i] is None:
             for cand in cands:
-                flat.append(Encoded(codec.source(src, _budget(codec, targets[cand])), targets[cand]))
+                flat.append(Encoded(codec.source(src, source_budget(codec, targets[cand])), targets[cand]))
                 owner.append(i)
     if flat:
         scores = torch.empty(len(flat))
@@ -133,7 +133,7 @@ def rank_candidates(
     return out
 
 
-def _budget(codec: Codec, target: list[int]) -> int:
+def source_budget(codec: Codec, target: list[int]) -> int:
     return max(codec.max_length - (len(target) if codec.family == "causal" else 0), 1)
 
 
@@ -195,12 +195,12 @@ def generate(
     return out
 
 
-def _answer_tokens(codec: Codec, candidates: Sequence[Sequence[str]]) -> dict[str, list[int]]:
+def answer_tokens(codec: Codec, candidates: Sequence[Sequence[str]]) -> dict[str, list[int]]:
     """Each distinct candidate's tokens (no end marker), tokenised once."""
     return {c: codec.target(c, eos=False) for cands in candidates for c in cands}
 
 
-def _one_token_each(targets: dict[str, list[int]], cands: Sequence[str]) -> list[int] | None:
+def one_token_each(targets: dict[str, list[int]], cands: Sequence[str]) -> list[int] | None:
     """The candidates' token ids if every one of them is a single token, else None."""
     ids = [targets[c] for c in cands]
     return [i[0] for i in ids] if all(len(i) == 1 for i in ids) else None
@@ -208,10 +208,10 @@ def _one_token_each(targets: dict[str, list[int]], cands: Sequence[str]) -> list
 
 def single_token_candidates(codec: Codec, candidates: Sequence[Sequence[str]]) -> list[list[int]] | None:
     """Each source's candidates as one token id apiece, or None if some candidate takes several tokens."""
-    targets = _answer_tokens(codec, candidates)
+    targets = answer_tokens(codec, candidates)
     out = []
     for cands in candidates:
-        ids = _one_token_each(targets, cands)
+        ids = one_token_each(targets, cands)
         if ids is None:
             return None
         out.append(ids)
@@ -268,14 +268,8 @@ def _generate_causal(
     so every row sees exactly what training showed it ([prompt][source] from position 0), and all rows end at
     the same column where new tokens are appended.
     """
-    tok, model, device = backbone.tokenizer, backbone.model, backbone.device
-    width, rows = max(len(s) for s in ids), len(ids)
-    input_ids = torch.full((rows, width), tok.pad_token_id, dtype=torch.long)
-    attn = torch.zeros_like(input_ids)
-    for r, s in enumerate(ids):
-        input_ids[r, width - len(s) :] = torch.tensor(s)
-        attn[r, width - len(s) :] = 1
-    batch = Batch(input_ids.to(device), attn.to(device), input_ids.to(device))
+    model, rows = backbone.model, len(ids)
+    batch = left_padded(backbone, ids)
     cache = shared_prompt_cache(backbone, prompt, rows)
     if cache is None:
         embeds, mask = prompted_inputs(backbone, prompt, batch)  # (B, n + S, d), (B, n + S)
@@ -286,6 +280,25 @@ def _generate_causal(
     out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=cache,
                 use_cache=True, logits_to_keep=1)
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V): the answer's first-token distribution
+    return greedy_continue(backbone, out, mask, positions, new), first
+
+
+def left_padded(backbone: Backbone, ids: list[list[int]]) -> Batch:
+    """Sources padded on the left, so that every row ends at the same column. (B, S)"""
+    width, device = max(len(s) for s in ids), backbone.device
+    input_ids = torch.full((len(ids), width), backbone.tokenizer.pad_token_id, dtype=torch.long)
+    attn = torch.zeros_like(input_ids)
+    for r, s in enumerate(ids):
+        input_ids[r, width - len(s) :] = torch.tensor(s)
+        attn[r, width - len(s) :] = 1
+    return Batch(input_ids.to(device), attn.to(device), input_ids.to(device))
+
+
+def greedy_continue(backbone: Backbone, out: Any, mask: torch.Tensor, positions: torch.Tensor, new: int) -> list[str]:
+    """Greedy decoding after a decoder-only prefill `out` (its logits and cache) whose rows all end at the same
+    column: `mask` (B, T) and `positions` (B, S) are the prefill's; each step appends one column to both."""
+    tok, model, device = backbone.tokenizer, backbone.model, backbone.device
+    rows = mask.shape[0]
     done = [False] * rows
     result: list[list[int]] = [[] for _ in range(rows)]
     for _ in range(new):
@@ -300,4 +313,4 @@ def _generate_causal(
         positions = positions[:, -1:] + 1
         out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions,
                     past_key_values=out.past_key_values, use_cache=True)
-    return [tok.decode(r, skip_special_tokens=True) for r in result], first
+    return [tok.decode(r, skip_special_tokens=True) for r in result]

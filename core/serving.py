@@ -1,0 +1,260 @@
+"""Several trained prompts on one frozen backbone in the same batch: each row reads its own prompt.
+
+Serving many tuned prompts is cheap because they share every weight of the backbone; only the few prompt vectors
+differ. So rows for different prompts (different lengths, or none: the bare model) go through one forward. Each row
+keeps the layout the single-prompt path gives it, [prompt_i][source_i] from position 0: the prompt block is as wide
+as the batch's longest prompt, a shorter one is padded on its left and masked out, and positions are counted over
+unmasked tokens only.
+
+    decoder-only, scoring:     [pad][prompt_i][source_i][pad]
+    decoder-only, generation:  [pad][prompt_i][pad][source_i]   every row ends at the column where tokens are added
+    encoder-decoder:           encoder [pad][prompt_i][source_i][pad]; T5's relative positions see no gap
+
+On the CPU (decoder-only) each distinct prompt's keys and values are computed once per call, batch 1, exactly as
+core.scoring.shared_prompt_cache does for one prompt, and gathered to the rows: the rows run only their own tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from core.backbone import Backbone
+from core.batching import Batch, Codec, Encoded, collate, eval_batches
+from core.scoring import answer_tokens, greedy_continue, left_padded, one_token_each, source_budget
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One prompt served in mixed batches, and the codec that turns its inputs into tokens (answer cue, length)."""
+
+    prompt: torch.Tensor | None
+    """(n, d); None: the bare model."""
+    codec: Codec
+
+
+@dataclass(frozen=True)
+class Query:
+    lane: int
+    """Index into the lanes."""
+    source: str
+    """The model input, already rendered with the lane's template."""
+    candidates: tuple[str, ...] = ()
+    """Answers to rank (label words); empty for generation."""
+
+
+class PromptTable:
+    """The lanes' prompts, padded on the left into one table, and on the CPU their keys and values."""
+
+    def __init__(self, backbone: Backbone, lanes: Sequence[Lane]) -> None:
+        self.backbone = backbone
+        self.lengths = [0 if lane.prompt is None else int(lane.prompt.shape[0]) for lane in lanes]
+        width, d = max(self.lengths, default=0), backbone.hidden_size
+        self.table = torch.zeros(len(lanes), width, d, dtype=backbone.dtype, device=backbone.device)  # (L, m, d)
+        self.mask = torch.zeros(len(lanes), width, dtype=torch.long, device=backbone.device)  # (L, m)
+        for i, (lane, n) in enumerate(zip(lanes, self.lengths, strict=True)):
+            if lane.prompt is not None and n:
+                self.table[i, width - n :] = lane.prompt.to(backbone.device, backbone.dtype)
+                self.mask[i, width - n :] = 1
+        self.kv = _prompt_keys_values(backbone, [lane.prompt for lane in lanes], width)
+
+    def width(self, lanes: torch.Tensor) -> int:
+        """The prompt block's width for rows reading these lanes: their longest prompt."""
+        return max(self.lengths[i] for i in lanes.tolist())
+
+    def block(self, lanes: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's prompt, padded on the left to `width`, and its mask. (B, width, d), (B, width)"""
+        start = self.table.shape[1] - width
+        return self.table[lanes, start:], self.mask[lanes, start:]
+
+    def cache(self, lanes: torch.Tensor, width: int) -> Any | None:
+        """A KV cache holding each row's prompt (B, heads, width, head dim), or None where the plain route applies."""
+        if self.kv is None or width == 0 or not use_prompt_cache(self.backbone):
+            return None
+        from transformers.cache_utils import DynamicCache
+
+        start = self.kv[0][0].shape[2] - width
+        return DynamicCache([(k[lanes, :, start:], v[lanes, :, start:]) for k, v in self.kv])
+
+
+def use_prompt_cache(backbone: Backbone) -> bool:
+    """The CPU route of core.scoring.shared_prompt_cache: on CUDA a second pass through the layers costs more than
+    the prompt positions it saves."""
+    return backbone.family == "causal" and backbone.device.type == "cpu"
+
+
+def _prompt_keys_values(backbone: Backbone, prompts: Sequence[torch.Tensor | None], width: int
+                        ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Per layer, every lane's prompt keys and values padded on the left to `width`: (L, heads, width, head dim).
+
+    None off the CPU route, or where the model's cache is not the plain dynamic one (sliding windows, hybrids)."""
+    if not use_prompt_cache(backbone) or width == 0:
+        return None
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    out: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for i, prompt in enumerate(prompts):
+        if prompt is None or prompt.shape[0] == 0:
+            continue
+        cache = backbone.model.base_model(inputs_embeds=prompt.to(backbone.device, backbone.dtype)[None],
+                                          use_cache=True).past_key_values
+        layers = getattr(cache, "layers", None)
+        if type(cache) is not DynamicCache or not layers or any(type(x) is not DynamicLayer for x in layers):
+            return None
+        if not out:  # zeros where a lane has no prompt or a shorter one: masked out
+            out = [(layer.keys.new_zeros(len(prompts), layer.keys.shape[1], width, layer.keys.shape[3]),
+                    layer.values.new_zeros(len(prompts), layer.values.shape[1], width, layer.values.shape[3]))
+                   for layer in layers]
+        n = prompt.shape[0]
+        for (keys, values), layer in zip(out, layers, strict=True):
+            keys[i, :, width - n :] = layer.keys[0]
+            values[i, :, width - n :] = layer.values[0]
+    return out or None
+
+
+def _encoder_inputs(backbone: Backbone, prompts: PromptTable, lanes: torch.Tensor, batch: Batch
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """[prompt_i][row] embeddings and their mask. (B, m + S, d), (B, m + S)"""
+    block, prompt_mask = prompts.block(lanes, prompts.width(lanes))  # (B, m, d), (B, m)
+    embeds = torch.cat([block, backbone.input_embeddings(batch.input_ids)], dim=1)
+    return embeds, torch.cat([prompt_mask.to(batch.attention_mask.dtype), batch.attention_mask], dim=1)
+
+
+@dataclass
+class _CausalInputs:
+    """What a decoder-only forward over [prompt_i][row] takes: with the CPU cache the embeddings and positions are
+    the rows' own columns (B, S) and the prompts come from `cache`; without it they span (B, m + S)."""
+
+    embeds: torch.Tensor
+    mask: torch.Tensor  # (B, m + S) either way
+    positions: torch.Tensor
+    cache: Any | None
+
+
+def _causal_inputs(backbone: Backbone, prompts: PromptTable, lanes: torch.Tensor, batch: Batch) -> _CausalInputs:
+    width = prompts.width(lanes)
+    embeds, mask = _encoder_inputs(backbone, prompts, lanes, batch)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, m + S): each row counts from 0 at its first token
+    cache = prompts.cache(lanes, width)
+    if cache is None:
+        return _CausalInputs(embeds, mask, positions, None)
+    return _CausalInputs(embeds[:, width:], mask, positions[:, width:], cache)
+
+
+def _hidden(backbone: Backbone, prompts: PromptTable, lanes: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Decoder-only: the last hidden states of the batch's own columns. (B, S, d)"""
+    x = _causal_inputs(backbone, prompts, lanes, batch)
+    out = backbone.model.base_model(inputs_embeds=x.embeds, attention_mask=x.mask, position_ids=x.positions,
+                                    past_key_values=x.cache, use_cache=x.cache is not None)
+    return out.last_hidden_state[:, -batch.input_ids.shape[1]:]
+
+
+def _first_logprobs(backbone: Backbone, prompts: PromptTable, lanes: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Log-softmax over the vocabulary where each row's answer starts. (B, V)"""
+    if backbone.family == "seq2seq":
+        embeds, mask = _encoder_inputs(backbone, prompts, lanes, batch)
+        out = backbone.model(inputs_embeds=embeds, attention_mask=mask, labels=batch.labels[:, :1])
+        return torch.log_softmax(out.logits[:, 0].float(), dim=-1)
+    hidden = _hidden(backbone, prompts, lanes, batch)  # (B, S, d)
+    last = (batch.labels != -100).float().argmax(dim=1) - 1  # position before the single label token
+    h = hidden[torch.arange(batch.size, device=hidden.device), last]  # (B, d)
+    return torch.log_softmax(backbone.model.get_output_embeddings()(h).float(), dim=-1)
+
+
+def _sequence_logprobs(backbone: Backbone, prompts: PromptTable, lanes: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Summed log-likelihood of each row's target (core.scoring.sequence_logprobs, one prompt per row). (B,)"""
+    if backbone.family == "seq2seq":
+        embeds, mask = _encoder_inputs(backbone, prompts, lanes, batch)
+        logits = backbone.model(inputs_embeds=embeds, attention_mask=mask, labels=batch.labels).logits  # (B, L, V)
+        labels = batch.labels
+    else:
+        logits = backbone.model.get_output_embeddings()(_hidden(backbone, prompts, lanes, batch)[:, :-1])
+        labels = batch.labels[:, 1:]  # the token at t is predicted from position t - 1
+    keep = labels != -100
+    logp = -F.cross_entropy(logits[keep].float(), labels[keep], reduction="none")  # (N,)
+    return torch.zeros(batch.size, device=logp.device).index_add_(0, keep.nonzero()[:, 0], logp)
+
+
+def _lanes(queries: Sequence[Query], idx: list[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor([queries[i].lane for i in idx], device=device)  # (B,)
+
+
+@torch.no_grad()
+def rank_mixed(backbone: Backbone, lanes: Sequence[Lane], queries: Sequence[Query], *,
+               batch_size: int = 32) -> list[list[float]]:
+    """core.scoring.rank_candidates for rows that each read their own lane's prompt: log-likelihood of each
+    candidate's words after each query's source, a list of scores per query."""
+    prompts = PromptTable(backbone, lanes)
+    codecs = [lanes[q.lane].codec for q in queries]
+    by_lane = [answer_tokens(lane.codec, [q.candidates for q in queries if q.lane == i])  # each word tokenised once
+               for i, lane in enumerate(lanes)]
+    targets = [by_lane[q.lane] for q in queries]
+    firsts = [one_token_each(t, q.candidates) for t, q in zip(targets, queries, strict=True)]
+    out: list[list[float]] = [[] for _ in queries]
+    # One-token candidates: one forward over the source gives all of them.
+    short = [i for i, ids in enumerate(firsts) if ids is not None and ids]
+    encoded = {i: codecs[i].source(queries[i].source, codecs[i].max_length - 1) for i in short}
+    for part in eval_batches([_sort_key(backbone, prompts, queries[i], len(encoded[i])) for i in short], batch_size):
+        idx = [short[j] for j in part]
+        items = [Encoded(encoded[i], [(firsts[i] or [0])[0]]) for i in idx]  # one stand-in target per row
+        batch = collate(items, backbone.family, backbone.tokenizer.pad_token_id, backbone.device)
+        logp = _first_logprobs(backbone, prompts, _lanes(queries, idx, backbone.device), batch).cpu()  # (B, V)
+        for row, i in enumerate(idx):
+            out[i] = logp[row, firsts[i] or []].tolist()
+    # Longer candidates: teacher forcing, one row per (query, candidate).
+    flat: list[tuple[int, int, Encoded]] = []  # (query, candidate, tokens)
+    for i, q in enumerate(queries):
+        if firsts[i] is None:
+            c, out[i] = codecs[i], [0.0] * len(q.candidates)
+            flat += [(i, k, Encoded(c.source(q.source, source_budget(c, targets[i][w])), targets[i][w]))
+                     for k, w in enumerate(q.candidates)]
+    keys = [_sort_key(backbone, prompts, queries[i], len(e.source) + len(e.target)) for i, _, e in flat]
+    for part in eval_batches(keys, batch_size):
+        batch = collate([flat[j][2] for j in part], backbone.family, backbone.tokenizer.pad_token_id,
+                        backbone.device)
+        rows = torch.tensor([queries[flat[j][0]].lane for j in part], device=backbone.device)
+        scores = _sequence_logprobs(backbone, prompts, rows, batch).float().cpu().tolist()
+        for j, score in zip(part, scores, strict=True):
+            i, k, _ = flat[j]
+            out[i][k] = score
+    return out
+
+
+def _sort_key(backbone: Backbone, prompts: PromptTable, query: Query, length: int) -> int:
+    """Rows of similar width batch together: the tokens that run through the model (the prompt too off the cache)."""
+    return length + (0 if prompts.kv is not None else prompts.lengths[query.lane])
+
+
+@torch.no_grad()
+def generate_mixed(backbone: Backbone, lanes: Sequence[Lane], queries: Sequence[Query], *,
+                   max_new_tokens: int = 16, batch_size: int = 16) -> list[str]:
+    """core.scoring.generate for rows that each read their own lane's prompt: greedy answers, one per query."""
+    prompts = PromptTable(backbone, lanes)
+    encoded = [lanes[q.lane].codec.source(q.source) for q in queries]
+    out: list[str] = [""] * len(queries)
+    for idx in eval_batches([_sort_key(backbone, prompts, q, len(e)) for q, e in zip(queries, encoded, strict=True)],
+                            batch_size):
+        lane_ids = _lanes(queries, idx, backbone.device)
+        if backbone.family == "seq2seq":
+            texts = _generate_seq2seq(backbone, prompts, lane_ids, [encoded[i] for i in idx], max_new_tokens)
+        else:
+            x = _causal_inputs(backbone, prompts, lane_ids, left_padded(backbone, [encoded[i] for i in idx]))
+            prefill = backbone.model(inputs_embeds=x.embeds, attention_mask=x.mask, position_ids=x.positions,
+                                     past_key_values=x.cache, use_cache=True, logits_to_keep=1)
+            texts = greedy_continue(backbone, prefill, x.mask, x.positions, max_new_tokens)
+        for i, text in zip(idx, texts, strict=True):
+            out[i] = text.strip()
+    return out
+
+
+def _generate_seq2seq(backbone: Backbone, prompts: PromptTable, lanes: torch.Tensor, ids: list[list[int]],
+                      new: int) -> list[str]:
+    batch = collate([Encoded(s, [0]) for s in ids], "seq2seq", backbone.tokenizer.pad_token_id, backbone.device)
+    embeds, mask = _encoder_inputs(backbone, prompts, lanes, batch)
+    tokens = backbone.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=new,
+                                     do_sample=False, num_beams=1)
+    return list(backbone.tokenizer.batch_decode(tokens, skip_special_tokens=True))
