@@ -170,28 +170,56 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    from core.inference import Predictor, render_source
+    from core.inference import MultiPredictor, render_source
 
-    pred = Predictor.load(a.artifact, device=a.device, model=a.model)
+    multi = MultiPredictor.load(a.artifact, device=a.device, model=a.model)
     texts = list(a.text or [])
     if a.input_file:
         texts += [line.rstrip("\n") for line in Path(a.input_file).read_text(encoding="utf-8").splitlines() if line]
     if not texts and not a.field:
         raise LampError("give --text (repeatable), --input-file, or --field name=value")
     fields = dict(f.split("=", 1) for f in a.field or [])
-    if a.raw:
-        sources = texts
-    elif texts:
-        sources = [render_source(pred.template, t, fields) for t in texts]
-    else:
-        sources = [render_source(pred.template, None, fields)]
-    for p in pred.predict(sources, use_prompt=not a.bare):
+
+    def sources(template: str) -> list[str]:
+        if a.raw:
+            return texts
+        if texts:
+            return [render_source(template, t, fields) for t in texts]
+        return [render_source(template, None, fields)]
+
+    one = len(multi.predictors) == 1  # one prompt: Predictor.predict itself
+    tick = time.perf_counter()
+    answers = multi.predict([sources(p.template) for p in multi.predictors], bare=a.bare,
+                            sequential=a.sequential or one)
+    if not one:
+        how = "one prompt at a time" if a.sequential else "in shared batches"
+        print(f"{len(answers[0])} input(s) x {len(answers)} prompts {how}: {time.perf_counter() - tick:.2f} s",
+              file=sys.stderr)
+        _print_several(a, texts, answers)
+        return 0
+    for p in answers[0]:
         if a.json:
             print(json.dumps({"input": p.source, "answer": p.answer, "generated": p.generated, "scores": p.scores}))
         else:
             scores = "  ".join(f"{w}={s:.3f}" for w, s in p.scores.items())
             print(f"{p.answer}\t{scores}" if scores else p.answer)
     return 0
+
+
+def _print_several(a: argparse.Namespace, texts: list[str], answers: list[list[Any]]) -> None:
+    """One line per input: --json an object with one entry per artifact, else a table with one column each."""
+    if not a.json:
+        print("\t".join(["input", *(Path(p).name for p in a.artifact)]))
+    for j in range(len(answers[0])):
+        row = [answers[k][j] for k in range(len(answers))]
+        text = texts[j] if texts else row[0].source
+        if a.json:
+            print(json.dumps({"input": text, "answers": [
+                {"artifact": art, "input": p.source, "answer": p.answer, "generated": p.generated,
+                 "scores": p.scores} for art, p in zip(a.artifact, row, strict=True)]}))
+        else:
+            cells = [f"{p.answer} ({p.scores[p.answer]:.2f})" if p.scores else p.answer for p in row]
+            print("\t".join([text, *cells]))
 
 
 def cmd_params(a: argparse.Namespace) -> int:
@@ -229,10 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_eval)
 
-    p = sub.add_parser("predict", help="answer with a trained prompt")
-    p.add_argument("--artifact", required=True)
+    p = sub.add_parser("predict", help="answer with one or several trained prompts")
+    p.add_argument("--artifact", action="append", required=True,
+                   help="a trained prompt's directory; repeat it to answer with several prompts on one backbone in "
+                        "shared batches (one column or JSON entry per artifact)")
     p.add_argument("--text", action="append", help="input text (repeatable); the task's template is applied")
-    p.add_argument("--input-file", default=None, help="one input per line")
+    p.add_argument("--input-file", "--input", default=None, help="one input per line")
+    p.add_argument("--sequential", action="store_true",
+                   help="several artifacts: one prompt after another instead of shared batches (to compare)")
     p.add_argument("--field", action="append", help="name=value for tasks whose input has several fields")
     p.add_argument("--raw", action="store_true", help="use --text as the model input as is, no template")
     p.add_argument("--bare", action="store_true", help="answer with the bare model, without the prompt")

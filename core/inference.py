@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import string
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from core.backbone import Backbone, load_backbone, resolve_device
 from core.batching import Codec
 from core.errors import ConfigError
 from core.scoring import generate, rank_candidates
+from core.serving import Lane, Query, generate_mixed, rank_mixed
 from core.spec import ModelConfig
 
 _CACHE: OrderedDict[tuple[str, str, str, str], Backbone] = OrderedDict()
@@ -83,9 +85,7 @@ class Predictor:
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", model: str | None = None) -> Predictor:
         artifact = load_artifact(path)
-        spec = artifact.spec
-        config = spec.model if model is None else ModelConfig(model, spec.model.dtype, spec.model.quantize)
-        return cls(artifact, cached_backbone(config, resolve_device(device)))
+        return cls(artifact, cached_backbone(_model_config(artifact, model), resolve_device(device)))
 
     def predict(self, sources: list[str], *, use_prompt: bool = True, max_new_tokens: int = 16) -> list[Prediction]:
         """Answers for model inputs (already rendered with the template); `use_prompt=False` is the bare model."""
@@ -95,10 +95,104 @@ class Predictor:
             return [Prediction(s, g, g) for s, g in zip(sources, texts, strict=True)]
         words = self.label_words
         scores = rank_candidates(self.backbone, prompt, self.codec, sources, [words] * len(sources))
-        out = []
-        for src, gen, row in zip(sources, texts, scores, strict=True):
-            top = max(row)
-            z = sum(math.exp(s - top) for s in row)
-            probs = {w: math.exp(s - top) / z for w, s in zip(words, row, strict=True)}
-            out.append(Prediction(src, max(probs, key=probs.__getitem__), gen, probs))
-        return out
+        return [_prediction(src, gen, words, row) for src, gen, row in zip(sources, texts, scores, strict=True)]
+
+
+def _model_config(artifact: Artifact, model: str | None) -> ModelConfig:
+    """The backbone an artifact was trained on, or `model` (another of the same hidden size) in its dtype."""
+    spec = artifact.spec
+    return spec.model if model is None else ModelConfig(model, spec.model.dtype, spec.model.quantize)
+
+
+def _prediction(source: str, generated: str, words: Sequence[str] | None, scores: Sequence[float]) -> Prediction:
+    """The answer: the most likely label word (softmax over the words' log-likelihoods), else the generated text."""
+    if not words:
+        return Prediction(source, generated, generated)
+    top = max(scores)
+    z = sum(math.exp(s - top) for s in scores)
+    probs = {w: math.exp(s - top) / z for w, s in zip(words, scores, strict=True)}
+    return Prediction(source, max(probs, key=probs.__getitem__), generated, probs)
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One answer wanted from a MultiPredictor."""
+
+    prompt: int
+    """Which of its artifacts."""
+    source: str
+    """The model input, rendered with that artifact's template."""
+    bare: bool = False
+    """The bare model's answer instead, through that artifact's answer cue and label words."""
+
+
+class MultiPredictor:
+    """Several trained prompts on one frozen backbone, answered together: the rows of a batch read different
+    prompts (core.serving), so K prompts cost one pass over the inputs instead of K."""
+
+    def __init__(self, predictors: Sequence[Predictor]) -> None:
+        if not predictors:
+            raise ConfigError("give at least one artifact")
+        self.predictors = list(predictors)
+        self.backbone = predictors[0].backbone
+        apart = [str(p.artifact.path) for p in predictors if p.backbone is not self.backbone]
+        if apart:
+            raise ConfigError(f"{', '.join(apart)}: not on the same loaded backbone as {predictors[0].artifact.path}")
+
+    @classmethod
+    def load(cls, paths: Sequence[str | Path], device: str = "auto", model: str | None = None) -> MultiPredictor:
+        """One backbone for every artifact: all must name the same model, dtype and quantization (or `model`)."""
+        artifacts = [load_artifact(p) for p in paths]
+        configs = [_model_config(a, model) for a in artifacts]
+        if len(set(configs)) > 1:
+            listing = "; ".join(f"{a.path}: {c.name} ({c.dtype}{', 4-bit' if c.quantize == '4bit' else ''})"
+                                for a, c in zip(artifacts, configs, strict=True))
+            raise ConfigError(f"these artifacts were trained on different backbones, so they cannot share one: "
+                              f"{listing}. Answer them in separate calls, or give --model to read every prompt "
+                              "with one backbone of the same hidden size")
+        backbone = cached_backbone(configs[0], resolve_device(device))
+        return cls([Predictor(a, backbone) for a in artifacts])
+
+    def predict(self, sources: Sequence[Sequence[str]], *, bare: bool = False, sequential: bool = False,
+                max_new_tokens: int = 16) -> list[list[Prediction]]:
+        """`sources[k]`: the inputs for the k-th artifact (rendered with its template). Answers [k][j]."""
+        if len(sources) != len(self.predictors):
+            raise ConfigError(f"{len(sources)} lists of inputs for {len(self.predictors)} artifacts")
+        asks = [Ask(k, s, bare) for k, group in enumerate(sources) for s in group]
+        flat = iter(self.answer(asks, sequential=sequential, max_new_tokens=max_new_tokens))
+        return [[next(flat) for _ in group] for group in sources]
+
+    def answer(self, asks: Sequence[Ask], *, sequential: bool = False, max_new_tokens: int = 16
+               ) -> list[Prediction]:
+        """A Prediction per ask, the same as each artifact's Predictor.predict gives. Batched: one pass of mixed
+        batches for the generations and one for the label scores; `sequential`: one prompt after another."""
+        if sequential:
+            return self._one_prompt_at_a_time(asks, max_new_tokens)
+        lanes: dict[tuple[int | None, str, int], int] = {}  # bare lanes of artifacts with one codec are one lane
+        queries: dict[Query, int] = {}  # the same input for the same lane is answered once
+        rows = []
+        for ask in asks:
+            pred = self.predictors[ask.prompt]
+            key = (None if ask.bare else ask.prompt, pred.codec.answer_cue, pred.codec.max_length)
+            lane = lanes.setdefault(key, len(lanes))
+            rows.append(queries.setdefault(Query(lane, ask.source, pred.label_words or ()), len(queries)))
+        lane_list = [Lane(None if k is None else self.predictors[k].prompt, self._codec(cue, length))
+                     for (k, cue, length) in lanes]
+        unique = list(queries)
+        texts = generate_mixed(self.backbone, lane_list, unique, max_new_tokens=max_new_tokens)
+        scores = rank_mixed(self.backbone, lane_list, unique)
+        return [_prediction(ask.source, texts[r], unique[r].candidates, scores[r])
+                for ask, r in zip(asks, rows, strict=True)]
+
+    def _codec(self, cue: str, length: int) -> Codec:
+        return next(p.codec for p in self.predictors if (p.codec.answer_cue, p.codec.max_length) == (cue, length))
+
+    def _one_prompt_at_a_time(self, asks: Sequence[Ask], max_new_tokens: int) -> list[Prediction]:
+        out: list[Prediction | None] = [None] * len(asks)
+        for k, bare in dict.fromkeys((a.prompt, a.bare) for a in asks):
+            idx = [i for i, a in enumerate(asks) if (a.prompt, a.bare) == (k, bare)]
+            answers = self.predictors[k].predict([asks[i].source for i in idx], use_prompt=not bare,
+                                                 max_new_tokens=max_new_tokens)
+            for i, p in zip(idx, answers, strict=True):
+                out[i] = p
+        return [p for p in out if p is not None]

@@ -93,3 +93,92 @@ def test_prompt_table_pads_shorter_prompts_on_the_left(tiny_llama_dir: Path) -> 
     assert block.shape[1] == 20 and mask.sum(dim=1).tolist() == [5, 20, 0]
     cache = table.cache(lanes, 20)
     assert cache is not None and cache.get_seq_length() == 20
+
+
+# ---- several artifacts: MultiPredictor and `lamp predict` ----
+
+def _artifact(out: Path, model_dir: Path, tokens: int, words: list[str] | None, cue: str = "answer",
+              seed: int = 0) -> Path:
+    """A hand-made artifact: a random prompt of `tokens` vectors on a tiny model, with its task's words and cue."""
+    from core.artifact import save_artifact
+    from core.methods import PromptTuningConfig
+    from core.spec import RunSpec, TrainConfig, spec_to_dict
+
+    spec = RunSpec(model=ModelConfig(str(model_dir)), method=PromptTuningConfig(length=tokens),
+                   train=TrainConfig(max_length=64))
+    prompt = torch.randn(tokens, 32, generator=torch.Generator().manual_seed(seed)) * 0.5
+    task = {"name": "t", "label_words": words, "template": "review: {text}", "answer_cue": cue, "metrics": []}
+    save_artifact(out, {"spec": spec_to_dict(spec), "task": task}, {"prompt": prompt}, {"prompt": prompt}, prompt)
+    return out
+
+
+@pytest.fixture(scope="module")
+def artifacts(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Prompts of 5 and 20 tokens with different label words, and a generation task with its own answer cue."""
+    root = tmp_path_factory.mktemp("artifacts")
+    return [_artifact(root / "short", tiny_llama_dir, 5, ["bad", "good"]),
+            _artifact(root / "long", tiny_llama_dir, 20, ["no", "yes please"], seed=1),
+            _artifact(root / "free", tiny_llama_dir, 8, None, cue="reply", seed=2)]
+
+
+def test_several_artifacts_answer_as_each_alone(artifacts: list[Path]) -> None:
+    from core.inference import Ask, MultiPredictor, Predictor
+
+    multi = MultiPredictor.load(artifacts, device="cpu")
+    alone = [Predictor.load(p, device="cpu") for p in artifacts]
+    assert all(p.backbone is multi.backbone for p in alone)  # one cached backbone for every prompt
+    asks = [Ask(k, f"review: {t}", bare) for t in TEXTS for k in range(len(artifacts)) for bare in (False, True)]
+    for sequential in (False, True):
+        got = multi.answer(asks, sequential=sequential, max_new_tokens=5)
+        for ask, answer in zip(asks, got, strict=True):
+            want = alone[ask.prompt].predict([ask.source], use_prompt=not ask.bare, max_new_tokens=5)[0]
+            assert (answer.source, answer.answer, answer.generated) == (want.source, want.answer, want.generated)
+            assert list(answer.scores) == list(want.scores)
+            assert_close(torch.tensor(list(answer.scores.values())), torch.tensor(list(want.scores.values())),
+                         rtol=1e-4, atol=1e-5)
+
+
+def test_artifacts_on_different_backbones_are_refused_by_name(artifacts: list[Path], tiny_gpt2_dir: Path,
+                                                              tmp_path: Path) -> None:
+    from core.errors import ConfigError
+    from core.inference import MultiPredictor
+
+    other = _artifact(tmp_path / "gpt2", tiny_gpt2_dir, 5, ["bad", "good"])
+    with pytest.raises(ConfigError, match="different backbones") as exc:
+        MultiPredictor.load([artifacts[0], other], device="cpu")
+    assert str(artifacts[0]) in str(exc.value) and str(other) in str(exc.value)
+    assert MultiPredictor.load([artifacts[0], other], device="cpu", model=str(tiny_gpt2_dir)).predictors
+
+
+def _predict(*args: str) -> list[str]:
+    import contextlib
+    import io
+
+    from core.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["predict", *args, "--device", "cpu"]) == 0
+    return out.getvalue().strip().splitlines()
+
+
+def test_lamp_predict_with_several_artifacts(artifacts: list[Path], tmp_path: Path) -> None:
+    import json
+
+    inputs = tmp_path / "inputs.txt"
+    inputs.write_text("a joy to watch\nboring and long\n")
+    flags = [x for p in artifacts for x in ("--artifact", str(p))] + ["--text", "great film", "--input", str(inputs)]
+    batched = [json.loads(line) for line in _predict(*flags, "--json")]
+    sequential = [json.loads(line) for line in _predict(*flags, "--json", "--sequential")]
+    assert [r["input"] for r in batched] == ["great film", "a joy to watch", "boring and long"]
+    assert [e["input"] for e in batched[0]["answers"]] == ["review: great film"] * 3  # each artifact's template
+    for b, s in zip(batched, sequential, strict=True):
+        assert [e["artifact"] for e in b["answers"]] == [str(p) for p in artifacts]
+        assert [e["answer"] for e in b["answers"]] == [e["answer"] for e in s["answers"]]
+        assert set(b["answers"][0]["scores"]) == {"bad", "good"} and set(b["answers"][1]["scores"]) == {
+            "no", "yes please"} and b["answers"][2]["scores"] == {}
+    table = _predict(*flags)
+    assert table[0].split("\t") == ["input", "short", "long", "free"] and len(table) == 4
+    single = [json.loads(line) for line in _predict("--artifact", str(artifacts[0]), "--text", "great film", "--json")]
+    assert single[0]["answer"] == batched[0]["answers"][0]["answer"] and set(single[0]) == {
+        "input", "answer", "generated", "scores"}  # one artifact: the output it always had
