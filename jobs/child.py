@@ -3,7 +3,8 @@
 It runs `core.train.fit` with two listeners of its own: `MetricWriter` (events -> metric rows, in batches) and
 `StopCheck` (fit's should_stop: SIGTERM from the worker, cancel in the store, the job taken over, the worker gone).
 It sends one message back through a pipe and exits:
-    ("done", FitResult.to_json()) | ("stopped", why) | ("error", message) | ("crash", traceback)
+    ("done", FitResult.to_json()) | ("stopped", why) | ("pruned", why) | ("error", message) | ("crash", traceback)
+"pruned": a study's pruner stopped the trial after an evaluation (jobs.studies.PruningHook): the job ends PRUNED.
 "error" is a LampError that a retry would repeat (bad data, divergence, out of memory): the job FAILS. Anything
 else, or dying without a message, is a crash: the job is retried from its checkpoint. Imports of torch and core
 stay inside functions so that CUDA_VISIBLE_DEVICES is set before torch loads.
@@ -171,10 +172,24 @@ def _train(job_id: int, url: str, out_dir: Path, threads: int | None, writer: Me
     spec = queue_spec(spec_from_dict(job.spec))
     if threads is not None and spec.train.threads is None:
         torch.set_num_threads(threads)
+    from jobs.studies import pruning_hook
+
+    pruner = pruning_hook(job_id, url)  # None unless the job is a study's trial
+
+    def on_event(event: Any) -> None:
+        writer(event)
+        if pruner is not None:
+            pruner(event)
+
+    def should_stop() -> bool:
+        return stop() or (pruner is not None and pruner.pruned)
+
     try:
-        result = fit(spec, out_dir, on_event=writer, should_stop=stop)
+        result = fit(spec, out_dir, on_event=on_event, should_stop=should_stop)
     except Cancelled as exc:
         writer.flush()
+        if pruner is not None and pruner.pruned:
+            return ("pruned", pruner.reason)
         return ("stopped", str(exc))
     except LampError as exc:
         writer.flush()

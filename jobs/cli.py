@@ -11,10 +11,15 @@ from core.cli import add_spec_arguments, spec_from_args
 
 
 def cmd_submit(a: argparse.Namespace) -> int:
-    spec = spec_from_args(a)  # validates: a bad spec stops here, before the store or the queue is touched
     from jobs.db import upgrade_database
     from jobs.tasks import submit
 
+    if a.init_from is not None and a.init_from.strip().lstrip("#").isdigit():  # a job id: its artifact directory
+        from jobs.warm import resolve_init_from
+
+        upgrade_database()
+        a.init_from = resolve_init_from(a.init_from)
+    spec = spec_from_args(a)  # validates: a bad spec stops here, before the store or the queue is touched
     upgrade_database()
     job_id = submit(spec, max_attempts=a.max_attempts)
     print(json.dumps({"id": job_id}) if a.json else job_id)
@@ -100,7 +105,8 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=cmd_submit)
 
     p = sub.add_parser("jobs", help="list queued, running and finished jobs")
-    p.add_argument("--status", default=None, choices=["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"])
+    p.add_argument("--status", default=None,
+                   choices=["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "PRUNED"])
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true", help="a JSON list of objects with id, status, step, ...")
     p.set_defaults(handler=cmd_jobs)

@@ -31,9 +31,11 @@ class Status(StrEnum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    PRUNED = "PRUNED"
+    """A study's pruner stopped it early: its validation metric was hopeless beside earlier trials at that step."""
 
 
-FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.PRUNED)
 
 
 class Outcome(StrEnum):
@@ -49,6 +51,7 @@ class Outcome(StrEnum):
     HANDED_BACK = "handed_back"
     """The worker was shut down (SIGTERM) and gave the job back; does not count against max_attempts."""
     CANCELLED = "cancelled"
+    PRUNED = "pruned"
 
 
 class Base(DeclarativeBase):
@@ -150,3 +153,64 @@ class Result(Base):
     best_step: Mapped[int]
     artifact: Mapped[str] = mapped_column(String(1000))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StudyStatus(StrEnum):
+    RUNNING = "RUNNING"
+    """Trials are queued or running, or more are to be asked."""
+    DONE = "DONE"
+    CANCELLED = "CANCELLED"
+
+
+class Study(Base):
+    """A search over a run's knobs: one Optuna study (in its own database, `jobs.studies.storage_url()`) whose
+    trials are ordinary jobs. Named `lamp_studies` so that it can never be confused with Optuna's `studies`."""
+
+    __tablename__ = "lamp_studies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    optuna_name: Mapped[str] = mapped_column(String(200), unique=True)
+    """The study's name in Optuna's storage; its pruning twin is `<optuna_name>:pruning`."""
+    mode: Mapped[str] = mapped_column(String(16))
+    """`grid` (every combination) or `budget` (n_trials chosen by a multi-objective sampler)."""
+    sampler: Mapped[str] = mapped_column(String(16))
+    objectives: Mapped[list[str]] = mapped_column(JSON)
+    """`accuracy` (maximised, the best validation value of the task's primary metric), then costs to minimise:
+    `params`, `time`, `memory`."""
+    base_spec: Mapped[dict[str, Any]]
+    """`spec_to_dict()` of the run every trial starts from; a trial overrides the knobs in `space`."""
+    space: Mapped[dict[str, Any]]
+    """Knob -> list of values: method, length, rank, pool, lr, seed."""
+    n_trials: Mapped[int]
+    parallel: Mapped[int]
+    """Trials queued or running at the same time."""
+    pruner: Mapped[str] = mapped_column(String(16))
+    tolerance: Mapped[float]
+    """The recommendation: the cheapest setting whose accuracy is within this of the best (0.01 = one point)."""
+    status: Mapped[str] = mapped_column(String(16), default=StudyStatus.RUNNING, index=True)
+    locked_until: Mapped[datetime | None]
+    """Set while one process asks and tells (jobs.studies.advance); a crashed holder frees it when it passes."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class StudyTrial(Base):
+    """One trial of a study: its Optuna trial, its pruning twin, and the job that runs it (None: skipped)."""
+
+    __tablename__ = "lamp_study_trials"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("lamp_studies.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int]
+    """The trial's number in the Optuna study."""
+    twin_id: Mapped[int | None]
+    """The storage id of the twin trial in the single-objective pruning study."""
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), unique=True)
+    setting: Mapped[dict[str, Any]]
+    """The knobs this trial tried (method-irrelevant ones dropped), including the seed."""
+    state: Mapped[str] = mapped_column(String(16))
+    """What Optuna was told: RUNNING until the job ends, then COMPLETE, PRUNED, FAIL or SKIPPED."""
+    note: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (UniqueConstraint("study_id", "number"),)

@@ -4,6 +4,7 @@ The worker thread (a huey consumer thread) never trains. It claims the job (one 
 workers never run it at once), spawns `jobs.child.train_attempt` with multiprocessing's spawn context, and while
 the child runs it heartbeats the lease and watches for cancel and shutdown. Then, from the child's message and exit:
 - done                        -> SUCCEEDED, with its result row;
+- pruned (a study's pruner)   -> PRUNED, with the pruner's reason;
 - error (LampError)           -> FAILED with the message (a retry would fail the same way);
 - cancel requested            -> CANCELLED (the child checkpoints and stops; killed if it takes > stop_grace);
 - worker shutting down        -> handed back: QUEUED again, resumed elsewhere from the checkpoint;
@@ -30,7 +31,7 @@ from core.backbone import lamp_home
 from jobs import store
 from jobs.child import train_attempt
 from jobs.db import database_url, read, transact
-from jobs.models import Outcome, Status
+from jobs.models import FINISHED, Outcome, Status
 
 log = logging.getLogger(__name__)
 Enqueue = Callable[[int], None]
@@ -104,9 +105,21 @@ def run_job(job_id: int, enqueue: Enqueue) -> Status | None:
         if status == Status.QUEUED:
             enqueue(job_id)
         log.info("job %s attempt %s: %s", job_id, attempt.number, status)
+        if status in FINISHED:
+            _tell_study(job_id)
         return status
     finally:
         _running.pop(job_id, None)
+
+
+def _tell_study(job_id: int) -> None:
+    """If the job was a study's trial, tell Optuna now and launch the next trial (the reaper would, seconds later)."""
+    from jobs.studies import job_ended
+
+    try:
+        job_ended(job_id)
+    except Exception:
+        log.exception("job %s: could not advance its study; a reaper will", job_id)
 
 
 def _supervise(job_id: int, attempt: int, running: _Running) -> tuple[Any, str | None, int | None]:
@@ -189,6 +202,8 @@ def _conclude(job_id: int, attempt: int, message: Any, reason: str | None, exitc
         return Status.SUCCEEDED if ok else None
     if kind == "error":
         return Status.FAILED if transact(store.finish_job, **common, status=Status.FAILED, error=payload) else None
+    if kind == "pruned":
+        return Status.PRUNED if transact(store.finish_job, **common, status=Status.PRUNED, error=payload) else None
     job = read(store.get_job, job_id=job_id)
     if reason == "cancel" or (job is not None and job.cancel_requested):
         step = job.step if job is not None else "?"

@@ -161,7 +161,8 @@ def add_metrics(*, session: Session, job_id: int, attempt: int, points: Sequence
 
 def finish_job(*, session: Session, job_id: int, attempt: int, status: Status, error: str | None = None,
                result: dict[str, Any] | None = None) -> bool:
-    """End a running attempt for good: SUCCEEDED (with `result`, a FitResult.to_json()), FAILED or CANCELLED."""
+    """End a running attempt for good: SUCCEEDED (with `result`, a FitResult.to_json()), FAILED, CANCELLED or
+    PRUNED."""
     now = utcnow()
     values: dict[str, Any] = {"status": status, "finished_at": now, "lease_expires_at": None, "error": error}
     if result is not None:
@@ -169,7 +170,8 @@ def finish_job(*, session: Session, job_id: int, attempt: int, status: Status, e
     ok = session.execute(update(Job).where(_fence(job_id, attempt)).values(**values).returning(Job.id))
     if ok.scalar_one_or_none() is None:
         return False
-    outcome = {Status.SUCCEEDED: Outcome.SUCCEEDED, Status.FAILED: Outcome.FAILED}.get(status, Outcome.CANCELLED)
+    outcome = {Status.SUCCEEDED: Outcome.SUCCEEDED, Status.FAILED: Outcome.FAILED,
+               Status.PRUNED: Outcome.PRUNED}.get(status, Outcome.CANCELLED)
     _update_attempt(session, job_id, attempt, outcome=outcome, ended_at=now, error=error)
     if result is not None:
         session.add(Result(job_id=job_id, **{k: result[k] for k in (

@@ -88,9 +88,12 @@ def _hand_back(signal_name: str, task: Any, *args: Any, **kwargs: Any) -> None:
 
 
 def _reap_forever(stop: threading.Event, every: float) -> None:
+    from jobs.studies import advance_all
+
     while not stop.wait(every):
         try:
             reap()
+            advance_all()  # studies whose trials ended without a worker noticing (a cancelled queued job, ...)
         except Exception:  # the store or the broker is down for a moment: try again next time
             log.exception("reaper failed")
 

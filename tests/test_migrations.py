@@ -15,7 +15,7 @@ from test_jobs_support import postgres_database, service_url
 
 from jobs.db import alembic_config, current_revision, downgrade_database, get_engine, head_revision, upgrade_database
 
-TABLES = {"jobs", "job_attempts", "metric_points", "results"}
+TABLES = {"jobs", "job_attempts", "metric_points", "results", "lamp_studies", "lamp_study_trials"}
 ROOT = Path(__file__).resolve().parents[1]
 
 
