@@ -1,7 +1,8 @@
 """The Playground as plain functions: one input, several tuned prompts and the bare model, side by side.
 
 This is the one place the web process runs a model: a loaded backbone is shared by every prompt trained on it
-(core.inference.cached_backbone), and each job's prompt is loaded once.
+(core.inference.cached_backbone), each job's prompt is loaded once, and the chosen jobs and the bare model are
+answered in the same batches (core.inference.MultiPredictor).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from core.errors import ArtifactError, ConfigError
-from core.inference import Prediction, Predictor, render_source, template_fields
+from core.inference import Ask, MultiPredictor, Prediction, Predictor, render_source, template_fields
 from jobs import store
 from jobs.db import read
 from jobs.models import Status
@@ -46,6 +47,23 @@ def predictor_for(job_id: int, device: str = "cpu") -> Predictor:
     return predictor
 
 
+def _answer_together(predictors: Sequence[Predictor], sources: Sequence[str], max_new_tokens: int
+                     ) -> list[tuple[Prediction, Prediction]]:
+    """Each job's (tuned, bare) answer. The jobs on one backbone go through it together: every tuned prompt and
+    the bare model in the same batches, each row reading its own prompt (core.serving)."""
+    groups: dict[int, list[int]] = {}
+    for i, predictor in enumerate(predictors):
+        groups.setdefault(id(predictor.backbone), []).append(i)
+    out: dict[int, tuple[Prediction, Prediction]] = {}
+    for members in groups.values():
+        multi = MultiPredictor([predictors[i] for i in members])
+        asks = [Ask(k, sources[i], bare) for k, i in enumerate(members) for bare in (False, True)]
+        got = multi.answer(asks, max_new_tokens=max_new_tokens)
+        for k, i in enumerate(members):
+            out[i] = (got[2 * k], got[2 * k + 1])
+    return [out[i] for i in range(len(predictors))]
+
+
 def _scores(prediction: Prediction) -> str:
     return ", ".join(f"{w} {p:.2f}" for w, p in sorted(prediction.scores.items(), key=lambda kv: -kv[1]))
 
@@ -60,15 +78,14 @@ def ask(job_ids: Sequence[int], text: str, *, device: str = "cpu", max_new_token
         raise ConfigError("pick at least one finished job")
     if len(ids) > MAX_JOBS:
         raise ConfigError(f"pick at most {MAX_JOBS} jobs at once")
+    predictors = [predictor_for(job_id, device) for job_id in ids]
+    # A one-field template takes the text as that field; for several fields the text is the whole input.
+    sources = [render_source(p.template, text.strip()) if len(template_fields(p.template)) == 1 else text.strip()
+               for p in predictors]
+    with _LOCK:
+        answers = _answer_together(predictors, sources, max_new_tokens)
     rows, fig = [], go.Figure()
-    for job_id in ids:
-        predictor = predictor_for(job_id, device)
-        # A one-field template takes the text as that field; for several fields the text is the whole input.
-        template = predictor.template
-        source = render_source(template, text.strip()) if len(template_fields(template)) == 1 else text.strip()
-        with _LOCK:
-            tuned = predictor.predict([source], max_new_tokens=max_new_tokens)[0]
-            bare = predictor.predict([source], use_prompt=False, max_new_tokens=max_new_tokens)[0]
+    for job_id, predictor, source, (tuned, bare) in zip(ids, predictors, sources, answers, strict=True):
         method = predictor.artifact.method.name
         rows.append([f"#{job_id} {method}", tuned.answer, bare.answer, _scores(tuned), _scores(bare), source])
         if tuned.scores:

@@ -304,6 +304,11 @@ def test_playground_answers_with_each_prompt_beside_the_bare_model(finished_jobs
     scores = [float(s.split()[-1]) for s in table["Tuned scores"].iloc[0].split(", ")]
     assert sum(scores) == pytest.approx(1.0, abs=0.02)
     assert len(fig.data) == 4  # tuned and bare bars per job
+    for job_id, row in zip(finished_jobs, table.itertuples(index=False), strict=True):  # batched = one job alone
+        predictor = playground.predictor_for(job_id)
+        alone = [predictor.predict([row[5]], use_prompt=use)[0] for use in (True, False)]
+        assert [row[1], row[2], row[3], row[4]] == [alone[0].answer, alone[1].answer, playground._scores(alone[0]),
+                                                    playground._scores(alone[1])]
     with pytest.raises(ConfigError, match="type an input"):
         playground.ask(finished_jobs, "  ")
     with pytest.raises(ConfigError, match="at most"):
