@@ -5,12 +5,20 @@
     init_params.safetensors   the same parameters at initialisation (to measure drift)
     prompt.safetensors        the pooled prompt P' the backbone sees, tensor "prompt" (l/p, d), float32
     history.jsonl             one line per step/eval event
+    snapshots/step-NNNNNN.safetensors
+                              the method's parameters at each evaluation (LAMP: u, q, v; a few to tens of KB each),
+                              for what moved during training (`lamp inspect`: Q over training, drift). A resumed
+                              run first drops the snapshots after its checkpoint, as it does history lines.
+
+The manifest's `init_from` (None for a run that started from the vocabulary) records a warm start: the source
+artifact's path, model, method, task and metrics.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +59,15 @@ class Artifact:
     def params(self) -> dict[str, torch.Tensor]:
         return load_file(str(self.path / "prompt_params.safetensors"))
 
+    def init_params(self) -> dict[str, torch.Tensor] | None:
+        """The parameters at initialisation (None for an artifact written without them)."""
+        file = self.path / "init_params.safetensors"
+        return load_file(str(file)) if file.is_file() else None
+
+    def snapshots(self) -> list[tuple[int, dict[str, torch.Tensor]]]:
+        """(step, parameters) at each evaluation, in step order."""
+        return [(step, load_file(str(file))) for step, file in snapshot_files(self.path)]
+
 
 def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
@@ -72,6 +89,35 @@ def save_artifact(
     save_file(_cpu({"prompt": prompt}), str(out / "prompt.safetensors"))
     write_json_atomic(out / MANIFEST, {"format_version": FORMAT_VERSION, **manifest})  # written last: marks done
     return Artifact(out, load_manifest(out))
+
+
+SNAPSHOTS = "snapshots"
+_SNAPSHOT = re.compile(r"^step-(\d+)\.safetensors$")
+
+
+def snapshot_files(out: Path) -> list[tuple[int, Path]]:
+    folder = out / SNAPSHOTS
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), f) for f in folder.iterdir() if (m := _SNAPSHOT.match(f.name))]
+    return sorted(found)
+
+
+def save_snapshot(out: Path, step: int, params: dict[str, torch.Tensor]) -> Path:
+    folder = out / SNAPSHOTS
+    folder.mkdir(parents=True, exist_ok=True)
+    file = folder / f"step-{step:06d}.safetensors"
+    tmp = file.with_name(file.name + ".tmp")
+    save_file(_cpu(params), str(tmp))
+    os.replace(tmp, file)  # atomic: a kill mid-write leaves no half snapshot behind
+    return file
+
+
+def drop_snapshots_after(out: Path, step: int | None) -> None:
+    """Remove the snapshots taken after `step` (None: all of them), as a resumed or restarted run must."""
+    for taken, file in snapshot_files(out):
+        if step is None or taken > step:
+            file.unlink()
 
 
 def load_manifest(path: Path) -> dict[str, Any]:

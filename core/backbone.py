@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -109,6 +110,41 @@ def resolve_model_source(name: str) -> str:
     if name.startswith((".", "/", "~")):
         raise ModelLoadError(f"model={name}: no such folder")
     return name  # a hub id
+
+
+DEFAULT_HIDDEN_SIZE = 576
+"""SmolLM2-135M's hidden size, known before the default model has been converted once."""
+
+
+@lru_cache(maxsize=64)
+def _folder_hidden_size(folder: str) -> int | None:
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for key in ("hidden_size", "d_model", "n_embd"):
+        if isinstance(config.get(key), int):
+            return int(config[key])
+    return None
+
+
+def config_hidden_size(model: str) -> int | None:
+    """The backbone's hidden size d from its config alone: no weights loaded, nothing downloaded, the default model
+    not converted (None when it cannot be known here, e.g. a hub id not in the local cache)."""
+    name = (model or "").strip()
+    if name == "default":
+        return _folder_hidden_size(str(lamp_home() / "models" / "smollm2-135m-instruct")) or DEFAULT_HIDDEN_SIZE
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return _folder_hidden_size(str(folder.resolve()))
+    try:  # a hub id whose config is already in the local cache
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(name, local_files_only=True)
+    except Exception:
+        return None
+    value = getattr(config, "hidden_size", None) or getattr(config, "d_model", None)
+    return int(value) if isinstance(value, int) else None
 
 
 def load_backbone(config: ModelConfig, device: torch.device) -> Backbone:

@@ -64,6 +64,10 @@ class TrainConfig:
     eval_every: int = 50
     checkpoint_every: int = 25
     seed: int = 42
+    init_from: str | None = None
+    """Warm start (prompt transfer): the artifact directory of a finished run whose prompt C (before pooling) this
+    run starts from, on a backbone of the same hidden size and with the same length l. None: a fresh prompt from
+    the vocabulary (LAMP, prompt tuning) or random factors (DPT)."""
     device: str = "auto"
     """`auto` (CUDA if present, else CPU), `cpu`, `cuda`, `cuda:N`."""
     threads: int | None = None
@@ -174,5 +178,9 @@ def validate_spec(spec: RunSpec) -> None:
         issues.append("quantize=4bit needs a CUDA device (bitsandbytes NF4); drop --quantize or use --device cuda")
     if t.threads is not None and t.threads < 1:
         issues.append(f"threads={t.threads}: must be at least 1")
+    if t.init_from is not None:
+        from core.warm_start import warm_start_issues  # reads the source artifact's manifest, no weights
+
+        issues += warm_start_issues(spec)
     if issues:
         raise ConfigError("\n".join(issues))

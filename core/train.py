@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.artifact import save_artifact, write_json_atomic
+from core.artifact import drop_snapshots_after, save_artifact, save_snapshot, write_json_atomic
 from core.backbone import Backbone, load_backbone, resolve_device
 from core.batching import Codec, Encoded, collate, length_bucketed_order
 from core.errors import Cancelled, ConfigError, OutOfMemory, TrainingDiverged
@@ -23,9 +23,10 @@ from core.evaluate import evaluate, primary_metric
 from core.events import Callback, Event, peak_memory_mb
 from core.methods import build_prompt
 from core.scoring import loss_fn
-from core.spec import DEFAULT_STEPS, DataConfig, RunSpec, spec_to_dict, validate_spec
+from core.spec import DEFAULT_STEPS, DataConfig, RunSpec, spec_from_dict, spec_to_dict, validate_spec
 from core.tasks import TaskData, load_builtin_task, load_user_task
 from core.vocab import common_token_ids
+from core.warm_start import check_width, load_warm_source
 
 CHECKPOINT = "checkpoint.pt"
 NORM_RANGE = (0.1, 10.0)
@@ -111,7 +112,8 @@ def _load_checkpoint(path: Path, spec_dict: dict[str, Any]) -> dict[str, Any] | 
     if not path.is_file():
         return None
     state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
-    if _resume_key(state["spec"]) != _resume_key(spec_dict):
+    # Through the dataclasses: a checkpoint written before a setting existed reads it at its default.
+    if _resume_key(spec_to_dict(spec_from_dict(state["spec"]))) != _resume_key(spec_dict):
         raise ConfigError(f"{path.parent} holds a checkpoint of a run with other settings; use another --out "
                           "or delete that directory to start over")
     return state
@@ -127,7 +129,8 @@ def fit(
     """Train `spec.method`'s prompt on a frozen backbone and write an artifact to `out_dir`.
 
     Resumes from `out_dir/checkpoint.pt` when one with the same settings is there (prompt parameters, optimizer,
-    step, data order and best checkpoint), so a killed run continues where its last checkpoint left it.
+    step, data order and best checkpoint), so a killed run continues where its last checkpoint left it. With
+    `spec.train.init_from` the prompt starts from that finished run's prompt (core.warm_start).
     """
     validate_spec(spec)
     started = time.perf_counter()
@@ -151,8 +154,16 @@ def fit(
     common = common_token_ids(backbone.tokenizer)
     table = backbone.embedding_table()
     vocab_norm = table[torch.tensor(common)].norm(dim=-1).mean().item()
-    prompt, init_ids = build_prompt(spec.method, table, common, torch.Generator().manual_seed(t.seed))
+    warm = load_warm_source(t.init_from) if t.init_from is not None else None
+    if warm is not None:
+        check_width(warm, backbone.hidden_size)
+    prompt, init_ids = build_prompt(spec.method, table, common, torch.Generator().manual_seed(t.seed),
+                                    warm=warm.dense if warm is not None else None)
     del table
+    origin: dict[str, Any] | None = None
+    if warm is not None:
+        with torch.no_grad():
+            origin = warm.origin(start=prompt.dense())
     init_params = {k: v.detach().clone() for k, v in prompt.state_dict().items()}
     prompt.to(device)
     params = _trainable(prompt)
@@ -187,6 +198,7 @@ def fit(
         history.write_text("".join(f"{line}\n" for line in kept))
     elif resumed_from is None:
         history.unlink(missing_ok=True)
+    drop_snapshots_after(out, resumed_from)  # the snapshots follow the checkpoint as the history does
 
     def send(event: Event) -> None:
         if event.kind in ("step", "eval", "warning", "test"):
@@ -253,6 +265,7 @@ def fit(
                     f"(sane range {NORM_RANGE[0]}x-{NORM_RANGE[1]}x); if the loss stalls or jumps, lower --lr")}))
             norm_ok = inside
             if step % t.eval_every == 0 or step == steps:
+                save_snapshot(out, step, prompt.state_dict())  # what the prompt was at this eval (lamp inspect)
                 metrics, _ = run_eval(val_examples, "val")
                 value = metrics[primary_metric(task, metrics)]
                 if best_value is None or value > best_value:
@@ -280,6 +293,7 @@ def fit(
                  "template": task.template, "answer_cue": task.answer_cue, "metrics": list(task.metrics),
                  "split_note": task.split_note},
         "init_token_ids": init_ids,
+        "init_from": origin,
         "trainable_params": n_params,
         "prompt_tokens": int(pooled.shape[0]),
         "steps": step,

@@ -48,7 +48,9 @@ def test_train_json_summary_and_files(trained: tuple[Path, dict[str, object]]) -
     assert isinstance(summary["metrics"], dict) and "accuracy" in summary["metrics"]
     assert sorted(p.name for p in out.iterdir()) == sorted([
         "checkpoint.pt", "history.jsonl", "init_params.safetensors", "lamp_artifact.json", "prompt.safetensors",
-        "prompt_params.safetensors", "result.json"])
+        "prompt_params.safetensors", "result.json", "snapshots"])
+    snapshots = sorted(p.name for p in (out / "snapshots").iterdir())
+    assert snapshots == ["step-000002.safetensors", "step-000004.safetensors"]  # one per evaluation
 
 
 def test_predict_answers_with_label_scores(trained: tuple[Path, dict[str, object]]) -> None:

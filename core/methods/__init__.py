@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from core.errors import ConfigError
 from core.methods.dpt import DptConfig, DptPrompt
@@ -25,10 +24,12 @@ __all__ = [
     "DptConfig",
     "LampConfig",
     "MethodConfig",
+    "PromptModule",
     "PromptTuningConfig",
     "build_prompt",
     "method_config",
     "method_to_dict",
+    "prompt_module",
     "trainable_param_counts",
 ]
 
@@ -62,15 +63,26 @@ def trainable_param_counts(hidden_size: int, length: int, rank: int, pool: int =
     }
 
 
+PromptModule = LampPrompt | SoftPrompt | DptPrompt
+
+
 def build_prompt(
-    config: MethodConfig, embeddings: torch.Tensor, common_ids: list[int], generator: torch.Generator
-) -> tuple[nn.Module, list[int]]:
+    config: MethodConfig, embeddings: torch.Tensor, common_ids: list[int], generator: torch.Generator,
+    warm: torch.Tensor | None = None,
+) -> tuple[PromptModule, list[int]]:
     """The method's prompt module for a backbone whose input embedding table is `embeddings` (vocab, d).
 
-    Returns the module and the vocabulary ids its initial prompt was drawn from (empty for DPT's random init).
+    `warm` (l, d), another run's prompt C before pooling, replaces the vocabulary sample (a warm start): LAMP and
+    DPT start at its best rank-r approximation, prompt tuning at a copy. Returns the module and the vocabulary ids
+    its initial prompt was drawn from (empty for DPT's random init and for a warm start).
     """
     hidden = embeddings.shape[1]
     config.check_hidden_size(hidden)
+    if warm is not None:
+        if tuple(warm.shape) != (config.length, hidden):
+            raise ConfigError(f"init_from: the source prompt is {tuple(warm.shape)}, this run needs "
+                              f"({config.length}, {hidden}) (length, hidden size)")
+        return _warm_prompt(config, warm.detach().float()), []
     if isinstance(config, DptConfig):
         scale = embeddings.detach().float().pow(2).mean().sqrt().item()
         return DptPrompt(config, hidden, scale, generator), []
@@ -79,3 +91,26 @@ def build_prompt(
     if isinstance(config, LampConfig):
         return LampPrompt(config, init), ids
     return SoftPrompt(config, init), ids
+
+
+def _warm_prompt(config: MethodConfig, warm: torch.Tensor) -> PromptModule:
+    if isinstance(config, LampConfig):
+        # validate_spec refuses init="paper" here: Q = S would start C at U S^2 V^T, not at the source prompt.
+        return LampPrompt(config, warm)
+    if isinstance(config, DptConfig):
+        return DptPrompt.from_prompt(config, warm)
+    return SoftPrompt(config, warm)
+
+
+def prompt_module(config: MethodConfig, params: dict[str, torch.Tensor]) -> PromptModule:
+    """The method's module holding saved parameters (an artifact's, a snapshot's): `.dense()` gives C (l, d),
+    calling it the pooled prompt P' the backbone sees."""
+    module: PromptModule
+    if isinstance(config, DptConfig):
+        module = DptPrompt(config, params["b"].shape[1], 1.0, torch.Generator().manual_seed(0))
+    elif isinstance(config, LampConfig):
+        module = LampPrompt(config, torch.zeros(config.length, params["v"].shape[0]))  # v: (d, r)
+    else:
+        module = SoftPrompt(config, params["prompt"])
+    module.load_state_dict(params)
+    return module

@@ -54,9 +54,26 @@ class DptPrompt(nn.Module):
         self.a = nn.Parameter(a)  # (l, r)
         self.b = nn.Parameter(b)  # (r, d)
 
+    @classmethod
+    def from_prompt(cls, config: DptConfig, prompt: torch.Tensor) -> DptPrompt:
+        """A warm start: A B = the best rank-r approximation of `prompt` (l, d), split evenly from its SVD,
+        A = U_r sqrt(S_r) and B = sqrt(S_r) V_r^T."""
+        module = cls(config, prompt.shape[1], 1.0, torch.Generator().manual_seed(0))
+        u, s, vh = torch.linalg.svd(prompt.detach().to(torch.float64), full_matrices=False)
+        r = config.rank
+        root = s[:r].sqrt()
+        with torch.no_grad():
+            module.a.copy_(u[:, :r] * root)  # (l, r)
+            module.b.copy_(root[:, None] * vh[:r])  # (r, d)
+        return module
+
     @property
     def num_tokens(self) -> int:
         return self.config.length
 
+    def dense(self) -> torch.Tensor:
+        """C, the prompt before pooling: A @ B. (l, d)"""
+        return self.a @ self.b
+
     def forward(self) -> torch.Tensor:
-        return self.a @ self.b  # (l, d)
+        return self.dense()  # (l, d)

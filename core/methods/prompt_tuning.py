@@ -49,5 +49,9 @@ class SoftPrompt(nn.Module):
     def num_tokens(self) -> int:
         return self.config.length
 
+    def dense(self) -> torch.Tensor:
+        """C, the prompt before pooling: P itself. (l, d)"""
+        return self.prompt
+
     def forward(self) -> torch.Tensor:
         return self.prompt
