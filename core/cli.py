@@ -61,6 +61,9 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-every", type=int, default=50)
     g.add_argument("--checkpoint-every", type=int, default=25)
     g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--init-from", default=None, metavar="ARTIFACT",
+                   help="warm start from a finished run's prompt (its artifact directory; `lamp submit` also takes "
+                        "a job id): same length l and a model of the same hidden size")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     g.add_argument("--no-generate-eval", action="store_true", help="skip scoring classification by generation")
@@ -79,7 +82,8 @@ def spec_from_args(a: argparse.Namespace) -> RunSpec:
         train=TrainConfig(steps=a.steps, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                           weight_decay=a.weight_decay, warmup_steps=a.warmup_steps, grad_clip=a.grad_clip,
                           max_length=a.max_length, eval_every=a.eval_every, checkpoint_every=a.checkpoint_every,
-                          seed=a.seed, device=a.device, threads=a.threads, generate_eval=not a.no_generate_eval),
+                          seed=a.seed, init_from=a.init_from, device=a.device, threads=a.threads,
+                          generate_eval=not a.no_generate_eval),
     )
     validate_spec(spec)
     return spec
@@ -232,6 +236,17 @@ def cmd_params(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(a: argparse.Namespace) -> int:
+    from core.errors import ConfigError
+    from core.inspection import format_text, inspect_artifact
+
+    if a.top_k < 1:
+        raise ConfigError(f"--top-k {a.top_k}: must be at least 1")
+    ins = inspect_artifact(a.artifact, top_k=a.top_k, model=a.model)
+    print(json.dumps(ins.to_json()) if a.json else format_text(ins))
+    return 0
+
+
 def cmd_export(a: argparse.Namespace) -> int:
     from core.export import export_peft
 
@@ -287,6 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--base-model", default=None, help="base model id to record (default: the one trained on)")
     p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser("inspect", help="inside a trained prompt: nearest tokens, norms, Q over training, drift")
+    p.add_argument("--artifact", required=True)
+    p.add_argument("--top-k", type=int, default=5, help="nearest vocabulary tokens per prompt vector (default 5)")
+    p.add_argument("--model", default=None, help="read the vocabulary of another backbone of the same hidden size")
+    p.add_argument("--json", action="store_true", help="one JSON object (C itself left out: see the dashboard)")
+    p.set_defaults(handler=cmd_inspect)
 
     for name in PLUGINS:
         try:
