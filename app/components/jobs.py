@@ -11,6 +11,7 @@ import gradio as gr
 import pandas as pd
 
 from app import monitor
+from app.components import inspection
 from app.components.common import friendly
 
 POLL_SECONDS = 2.0
@@ -56,6 +57,7 @@ def build() -> JobsTab:
     details = gr.Markdown(monitor.job_details(None).markdown, elem_id="job-details")
     error = gr.Textbox(label="Error", lines=6, visible=False, elem_id="job-error", interactive=False)
     plot = gr.Plot(monitor.curve_figure(None), label="Training curves", elem_id="job-curves")
+    inspection.build(job_id)  # on demand only: the poll below never computes it
     seen = gr.State(None)
     timer = gr.Timer(POLL_SECONDS)
 
