@@ -17,21 +17,19 @@ from core.tasks import BUILTIN_TASKS
 
 OWN_DATA = "my own file"
 SOURCES = ("built-in task", OWN_DATA)
-DEFAULT_HIDDEN_SIZE = 576
-"""SmolLM2-135M's hidden size, for the count before the default model has been converted once."""
 
 # Every input of the form, in the order the handlers receive them.
 FIELDS = (
     "model", "dtype", "quantize", "source", "task", "data_file", "text_column", "template", "label_column", "kind",
     "method", "length", "rank", "pool", "steps", "batch_size", "lr", "weight_decay", "max_length", "eval_every",
-    "seed", "device", "max_attempts",
+    "seed", "device", "max_attempts", "init_from",
 )
 DEFAULTS: dict[str, Any] = {
     "model": "default", "dtype": "float32", "quantize": "none", "source": "built-in task",
     "task": "rotten_tomatoes", "data_file": "", "text_column": None, "template": "", "label_column": None,
     "kind": "auto", "method": "lamp", "length": 100, "rank": 8, "pool": 4, "steps": DEFAULT_STEPS,
     "batch_size": 16, "lr": "", "weight_decay": 1e-5, "max_length": 256, "eval_every": 50, "seed": 42,
-    "device": "auto", "max_attempts": 3,
+    "device": "auto", "max_attempts": 3, "init_from": "",
 }
 
 
@@ -79,7 +77,7 @@ _FIELD_OF = {
     "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay", "max_length": "max_length",
     "eval_every": "eval_every", "device": "device", "length": "length", "rank": "rank", "pool": "pool",
     "method": "method", "init": "method", "max_attempts": "max_attempts", "text_column": "text_column",
-    "label_column": "label_column", "template": "template", "seed": "seed",
+    "label_column": "label_column", "template": "template", "seed": "seed", "init_from": "init_from",
 }
 
 
@@ -139,6 +137,7 @@ def spec_from_form(values: dict[str, Any]) -> tuple[RunSpec, int]:
     ints = {n: _int(v, n, problems) for n in ("length", "rank", "pool", "steps", "batch_size", "max_length",
                                                "eval_every", "seed", "max_attempts")}
     lr, weight_decay = _float(v, "lr", problems), _float(v, "weight_decay", problems)
+    init_from = _init_from(v["init_from"], problems)
     if problems:
         raise FormError(problems)
     try:
@@ -170,7 +169,7 @@ def spec_from_form(values: dict[str, Any]) -> tuple[RunSpec, int]:
                           weight_decay=weight_decay if weight_decay is not None else 1e-5,
                           max_length=ints["max_length"] or 0, eval_every=ints["eval_every"] or 0,
                           checkpoint_every=min(25, ints["eval_every"] or 25), seed=ints["seed"] or 0,
-                          device=str(v["device"])),
+                          init_from=init_from, device=str(v["device"])),
     )
     try:
         validate_spec(spec)
@@ -186,6 +185,19 @@ def spec_from_form(values: dict[str, Any]) -> tuple[RunSpec, int]:
     if problems:
         raise FormError(problems)
     return spec, ints["max_attempts"] or 3
+
+
+def _init_from(value: Any, problems: dict[str, str]) -> str | None:
+    """"Start from job": a succeeded job's id (or an artifact directory) -> the directory the spec records."""
+    if value is None or str(value).strip() == "":
+        return None
+    from jobs.warm import resolve_init_from
+
+    try:
+        return resolve_init_from(value)
+    except ConfigError as exc:
+        problems["init_from"] = str(exc)
+        return None
 
 
 def check_data(data: DataConfig, problems: dict[str, str]) -> None:
@@ -209,37 +221,11 @@ def check_data(data: DataConfig, problems: dict[str, str]) -> None:
             problems["data_file"] = text
 
 
-@lru_cache(maxsize=64)
-def _config_hidden_size(folder: str) -> int | None:
-    path = Path(folder) / "config.json"
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    for key in ("hidden_size", "d_model", "n_embd"):
-        if isinstance(config.get(key), int):
-            return int(config[key])
-    return None
-
-
 def hidden_size_of(model: str) -> int | None:
     """The backbone's hidden size d, read from its config without loading weights (None if not known here)."""
-    name = (model or "").strip()
-    if name == "default":
-        from core.backbone import lamp_home
+    from core.backbone import config_hidden_size
 
-        converted = lamp_home() / "models" / "smollm2-135m-instruct"
-        return _config_hidden_size(str(converted)) or DEFAULT_HIDDEN_SIZE
-    folder = Path(name).expanduser()
-    if folder.is_dir():
-        return _config_hidden_size(str(folder.resolve()))
-    try:  # a hub id whose config is already in the local cache; never a download from the web process
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(name, local_files_only=True)
-    except Exception:
-        return None
-    return getattr(config, "hidden_size", None) or getattr(config, "d_model", None)
+    return config_hidden_size(model)
 
 
 def param_summary(model: str, method: str, length: Any, rank: Any, pool: Any) -> str:

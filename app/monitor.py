@@ -156,6 +156,8 @@ def job_details(job_id: int | None) -> Details:
         f"Progress {progress(job)} · elapsed {format_seconds(elapsed_seconds(job))} · attempts {job.attempts}"
         f"/{job.max_attempts} · worker {job.worker or '-'}",
     ]
+    if train.get("init_from"):
+        lines.append(warm_start_text(str(train["init_from"])))
     resumed = [a for a in attempts if a.resumed_from]
     if resumed:
         lines.append("Resumed from checkpoints at step " + ", ".join(str(a.resumed_from) for a in resumed))
@@ -169,6 +171,21 @@ def job_details(job_id: int | None) -> Details:
     return Details("\n\n".join(lines), job.error or "", job.status in (Status.QUEUED, Status.RUNNING)
                    and not job.cancel_requested, job.status in (Status.FAILED, Status.CANCELLED),
                    job.status == Status.SUCCEEDED, signature)
+
+
+def warm_start_text(init_from: str) -> str:
+    """Where a warm-started job's prompt came from: the source job (found by its artifact) and what it trained."""
+    from core.artifact import load_manifest
+    from jobs.warm import job_of_artifact
+
+    source = job_of_artifact(init_from)
+    where = f"job **#{source}**" if source is not None else f"`{init_from}`"
+    try:
+        spec = load_manifest(Path(init_from))["spec"]
+    except (ArtifactError, OSError, ValueError):
+        return f"Warm start from {where} (its artifact is no longer readable here)"
+    return (f"Warm start from {where}: {spec['method']['name']} {knobs(spec)} on `{spec['model']['name']}` · data "
+            f"**{data_name(spec)}**")
 
 
 def _series(points: list[MetricPoint]) -> dict[tuple[str, str], tuple[list[int], list[float]]]:

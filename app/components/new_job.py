@@ -38,6 +38,8 @@ INFO = {
     "seed": "same seed, same data order and init: runs repeat on the CPU",
     "device": "auto: the worker's device",
     "max_attempts": "runs after a crash or a dead worker before the job fails",
+    "init_from": "warm start from a succeeded job's prompt (pick one or type its id): same prompt length, a model "
+                 "of the same hidden size",
 }
 
 
@@ -79,6 +81,8 @@ def build(settings: ServeSettings) -> NewJobTab:
                                         elem_id="field-length")
                 c["rank"] = gr.Number(d["rank"], label="Rank", precision=0, info=INFO["rank"], elem_id="field-rank")
                 c["pool"] = gr.Number(d["pool"], label="Pool", precision=0, info=INFO["pool"], elem_id="field-pool")
+            c["init_from"] = gr.Dropdown([], value=None, label="Start from job (optional)", info=INFO["init_from"],
+                                         allow_custom_value=True, elem_id="field-init-from")
             params = gr.Markdown(forms.param_summary(d["model"], d["method"], d["length"], d["rank"], d["pool"]),
                                  elem_id="param-count")
             cost = gr.Markdown("**Cost:** press Estimate, or change a knob.", elem_id="cost-estimate")
@@ -138,6 +142,14 @@ def build(settings: ServeSettings) -> NewJobTab:
                 gr.update(visible=own)]
 
     c["source"].change(on_source, c["source"], [c["task"], upload, columns_row, template_row])
+
+    def succeeded_jobs() -> Any:
+        from app.monitor import job_choices
+        from jobs.models import Status
+
+        return gr.update(choices=[("none: a fresh prompt", ""), *job_choices(Status.SUCCEEDED)])
+
+    c["init_from"].focus(succeeded_jobs, None, c["init_from"], show_progress="hidden")
 
     @friendly
     def on_upload(path: str | None) -> list[Any]:
