@@ -50,6 +50,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cap on training examples tokenised for the accuracy runs (default: all)")
     p.add_argument("--eval-examples", type=int, default=None, help=f"test examples scored ({d.eval_examples})")
     p.add_argument("--lr", type=float, default=None, help=f"default {d.lr}")
+    p.add_argument("--serving-prompts", type=int, default=None,
+                   help=f"prompts answering the same queries in the serving section (default {d.serving_prompts})")
+    p.add_argument("--serving-queries", type=int, default=None, help=f"default {d.serving_queries}")
+    p.add_argument("--serving-batch-sizes", type=_ints, default=None,
+                   help="queries per call, each answered by every prompt (default 1,16)")
     p.add_argument("--sections", type=_words, default=None, help=f"default {','.join(SECTIONS)}")
     p.add_argument("--quick", action="store_true", help="a few-minute variant (smaller batches, fewer configs)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default ./{DEFAULT_OUT})")
@@ -64,14 +69,18 @@ def settings_from_args(a: argparse.Namespace) -> BenchSettings:
 
 def summary(result: dict[str, Any], files: dict[str, str]) -> dict[str, Any]:
     """The headline figures for scripts: per section, each contender's main figure and its ratio to PEFT."""
-    keys = {"steps": "step_s", "inference": "ms_per_example", "accuracy": "accuracy", "growth": "step_s"}
+    keys = {"steps": "step_s", "inference": "ms_per_example", "accuracy": "accuracy", "growth": "step_s",
+            "serving": "ms_per_query"}
+    groups = {"inference": "batch_size", "serving": "queries_per_call"}
     out: dict[str, Any] = {"out": str(Path(files["markdown"]).parent), "files": files,
                            "environment": result["environment"], "total_seconds": result["total_seconds"]}
     for section, data in result["sections"].items():
         key = keys[section]
-        out[section] = [{"contender": r["contender"], **({"batch_size": r["batch_size"]} if section == "inference"
-                                                        else {}),
-                         key: r[key], f"{key}_x_peft": r.get(f"{key}_x_peft")} for r in data["rows"]]
+        group = groups.get(section)
+        out[section] = [{"contender": r["contender"], **({group: r[group]} if group else {}), key: r[key],
+                         f"{key}_x_peft": r.get(f"{key}_x_peft"),
+                         **({f"{key}_x_sequential": r[f"{key}_x_sequential"]} if section == "serving" else {})}
+                        for r in data["rows"]]
     return out
 
 

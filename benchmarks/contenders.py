@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -149,28 +150,67 @@ class PeftPromptTuning(_Trained):
     def save(self, out: Path) -> None:
         self.model.save_pretrained(str(out))
 
-    @torch.no_grad()
     def label_scores(self, codec: Codec, sources: Sequence[str], token_ids: Sequence[int]) -> torch.Tensor:
-        """Log-probabilities of one-token label words after each source, PEFT's way: tokenizer, forward, logits.
-
-        The input text is exactly what our codec builds (`<source>\\n<cue>:`), padded on the right. (B, labels)
-        """
-        b, tok = self.backbone, self.backbone.tokenizer
-        texts = [f"{s}\n{codec.answer_cue}:" for s in sources] if b.family == "causal" else list(sources)
-        enc = tok(texts, padding=True, padding_side="right", truncation=True, max_length=codec.max_length,
-                  return_tensors="pt").to(b.device)
-        if b.family == "causal":
-            logits = self.model(**enc).logits[:, self.length:]  # (B, S, V): the prompt positions dropped
-            last = enc["attention_mask"].sum(dim=1) - 1  # right padding: the last real token of each row
-            logits = logits[torch.arange(len(texts), device=b.device), last]  # (B, V)
-        else:
-            start = torch.full((len(texts), 1), b.model.config.decoder_start_token_id, device=b.device)
-            logits = self.model(**enc, decoder_input_ids=start).logits[:, 0]
-        return torch.log_softmax(logits.float(), dim=-1)[:, list(token_ids)]
+        """Log-probabilities of one-token label words after each source, PEFT's way (peft_label_scores)."""
+        return peft_label_scores(self.model, self.backbone, self.length, codec, sources, token_ids)
 
     def close(self) -> None:
         """Let go of PEFT's wrapper; the backbone object is left as it was."""
         del self.model, self.optimizer, self.params
+
+
+@torch.no_grad()
+def peft_label_scores(model: Any, backbone: Backbone, length: int, codec: Codec, sources: Sequence[str],
+                      token_ids: Sequence[int]) -> torch.Tensor:
+    """Log-probabilities of one-token label words after each source through a PeftModel whose active adapter has
+    `length` virtual tokens, PEFT's way: tokenizer, forward, logits.
+
+    The input text is exactly what our codec builds (`<source>\\n<cue>:`), padded on the right. (B, labels)
+    """
+    b, tok = backbone, backbone.tokenizer
+    texts = [f"{s}\n{codec.answer_cue}:" for s in sources] if b.family == "causal" else list(sources)
+    enc = tok(texts, padding=True, padding_side="right", truncation=True, max_length=codec.max_length,
+              return_tensors="pt").to(b.device)
+    if b.family == "causal":
+        logits = model(**enc).logits[:, length:]  # (B, S, V): the prompt positions dropped
+        last = enc["attention_mask"].sum(dim=1) - 1  # right padding: the last real token of each row
+        logits = logits[torch.arange(len(texts), device=b.device), last]  # (B, V)
+    else:
+        start = torch.full((len(texts), 1), b.model.config.decoder_start_token_id, device=b.device)
+        logits = model(**enc, decoder_input_ids=start).logits[:, 0]
+    return torch.log_softmax(logits.float(), dim=-1)[:, list(token_ids)]
+
+
+class PeftAdapters:
+    """Several fixed prompts as PEFT prompt-tuning adapters of one PeftModel, answered one adapter at a time
+    (`set_adapter`): PEFT batches the rows of one prompt-tuning adapter, not rows of different ones."""
+
+    method = "peft-pt"
+
+    def __init__(self, backbone: Backbone, prompts: Sequence[torch.Tensor]) -> None:
+        from peft import PromptTuningConfig, TaskType, get_peft_model
+
+        seq2seq = backbone.family == "seq2seq"
+        self.backbone, self.lengths = backbone, [int(p.shape[0]) for p in prompts]
+        self.model: Any = None
+        for k, prompt in enumerate(prompts):
+            config = PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM if seq2seq else TaskType.CAUSAL_LM,
+                                        num_virtual_tokens=prompt.shape[0], num_transformer_submodules=1)
+            if self.model is None:
+                self.model = get_peft_model(backbone.model, config, adapter_name=f"p{k}")
+            else:
+                self.model.add_adapter(f"p{k}", config)
+            with torch.no_grad():
+                self.model.prompt_encoder[f"p{k}"].embedding.weight.copy_(prompt)
+        self.model.to(backbone.device).eval()
+
+    def label_scores(self, k: int, codec: Codec, sources: Sequence[str], token_ids: Sequence[int]) -> torch.Tensor:
+        """The k-th prompt's label-word log-probabilities. (B, labels)"""
+        self.model.set_adapter(f"p{k}")
+        return peft_label_scores(self.model, self.backbone, self.lengths[k], codec, sources, token_ids)
+
+    def close(self) -> None:
+        del self.model
 
 
 def our_label_scores(backbone: Backbone, prompt: torch.Tensor | None, codec: Codec, sources: Sequence[str],

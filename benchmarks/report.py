@@ -23,12 +23,19 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
                  ("fit() outside steps s", "fit_other_s", ".1f")],
     "growth": [("contender", "contender", "s"), ("l", "length", "d"), ("prompt tokens", "prompt_tokens", "d"),
                ("step s (median [min-max])", "step_s", "spread"), ("peak MiB above model", "peak_mib", ".0f")],
+    "serving": [("contender", "contender", "s"), ("queries per call", "queries_per_call", "d"),
+                ("rows per forward", "rows_per_forward", "d"),
+                ("ms per query, every prompt (median [min-max])", "ms_per_query", "spread_ms"),
+                ("queries/s", "queries_per_s", ".2f")],
 }
+RATIOS = (("x_sequential", "x sequential"), ("x_peft", "x PEFT"))
+"""Ratio columns that follow a figure when its rows carry `<key>_<suffix>`."""
 TITLES = {
     "steps": "Training step (forward + backward + optimizer step)",
     "inference": "Inference: label-word scoring latency",
     "accuracy": "Accuracy after a fixed budget of steps (rotten_tomatoes, ranked label words)",
     "growth": "Growth with the prompt length",
+    "serving": "Serving several prompts: mixed batches against one prompt at a time",
 }
 
 
@@ -45,8 +52,8 @@ def _cell(row: Row, key: str, fmt: str) -> str:
     return format(value, fmt)
 
 
-def _ratio(row: Row, key: str) -> str:
-    value = row.get(f"{key}_x_peft")
+def _ratio(row: Row, key: str, suffix: str = "x_peft") -> str:
+    value = row.get(f"{key}_{suffix}")
     return "" if value is None else f"{value:.2f}x"
 
 
@@ -55,13 +62,14 @@ def markdown_table(section: str, rows: list[Row]) -> str:
     head, cells_of = [], []
     for title, key, fmt in cols:
         head.append(title)
-        cells_of.append((key, fmt, False))
-        if f"{key}_x_peft" in (rows[0] if rows else {}):
-            head.append("x PEFT")
-            cells_of.append((key, fmt, True))
+        cells_of.append((key, fmt, ""))
+        for suffix, label in RATIOS:
+            if f"{key}_{suffix}" in (rows[0] if rows else {}):
+                head.append(label)
+                cells_of.append((key, fmt, suffix))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        cells = [_ratio(row, key) if ratio else _cell(row, key, fmt) for key, fmt, ratio in cells_of]
+        cells = [_ratio(row, key, ratio) if ratio else _cell(row, key, fmt) for key, fmt, ratio in cells_of]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -95,10 +103,24 @@ def markdown(result: dict[str, Any], command: str) -> str:
                     "final validation pass, checkpoint and artifact.",
         "growth": f"Batch {s['growth_batch_size']}; LAMP with r={s['rank']}, p={s['default_pool']}. Ratios are "
                   "over PEFT at the same l.",
+        "serving": _serving_note(s, result.get("serving_check") or {}),
     }
     for section, data in result["sections"].items():
         out += [f"## {TITLES[section]}", "", notes[section], "", markdown_table(section, data["rows"]), ""]
     return "\n".join(out)
+
+
+def _serving_note(s: dict[str, Any], check: dict[str, Any]) -> str:
+    return (f"{s['serving_prompts']} prompts (by turns LAMP l={s['length']} r={s['rank']} p={s['default_pool']}, "
+            f"{s['length'] // s['default_pool']} tokens, and prompt tuning, {s['length']} tokens; untrained) answer "
+            f"the first {s['serving_queries']} test inputs by ranking the label words. Each call takes that many "
+            "queries and answers them with every prompt: batched in one mixed batch (each row its own prompt, "
+            "core.serving), sequential through our single-prompt path one prompt after another, PEFT with one "
+            "adapter per prompt, `set_adapter` and a forward each. ms per query: the whole pass over the inputs "
+            "divided by their number; answers/s counts query-prompt pairs. Ratios are over the sequential row and "
+            "the PEFT row at the same queries per call (below 1: less time). Answers batched = sequential: "
+            f"{check.get('answers_equal')}, label scores differ by at most {check.get('max_score_diff') or 0:.1e} "
+            f"(PEFT's: {check.get('peft_max_score_diff') or 0:.1e}).")
 
 
 def write_csv(path: Path, rows: list[Row]) -> None:
@@ -150,6 +172,14 @@ def charts_html(result: dict[str, Any]) -> str:
                 fig.add_trace(go.Scatter(name=method, x=[r["length"] for r in sub], y=[r[key] for r in sub],
                                          mode="lines+markers"))
             figures.append(fig)
+    if "serving" in sections:
+        rows = sections["serving"]["rows"]
+        fig = go.Figure(layout={"title": "Serving several prompts: ms per query (every prompt)", "barmode": "group"})
+        for per_call in sorted({r["queries_per_call"] for r in rows}):
+            sub = [r for r in rows if r["queries_per_call"] == per_call]
+            fig.add_trace(go.Bar(name=f"{per_call} per call", x=[r["contender"] for r in sub],
+                                 y=[r["ms_per_query"] for r in sub]))
+        figures.append(fig)
     parts = [f.to_html(full_html=False, include_plotlyjs=i == 0) for i, f in enumerate(figures)]
     return ("<!doctype html><html><head><meta charset='utf-8'><title>LAMP Studio benchmark</title></head><body>"
             + "\n".join(parts) + "</body></html>")

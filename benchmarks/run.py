@@ -17,6 +17,7 @@ import torch
 
 from benchmarks.contenders import Floor, Ours, PeftPromptTuning, our_label_scores
 from benchmarks.measure import PeakMemory, dir_bytes, time_calls
+from benchmarks.serving import serving
 from benchmarks.settings import BenchSettings
 from core.artifact import load_artifact
 from core.backbone import Backbone, load_backbone, resolve_device
@@ -246,6 +247,11 @@ class Bench:
             rows += with_ratios(group, ["step_s", "peak_mib"])
         return rows
 
+    def serving(self) -> list[Row]:
+        """K prompts answering the same queries: mixed batches against one prompt at a time (benchmarks.serving)."""
+        rows, self.serving_check = serving(self)
+        return rows
+
 
 def with_ratios(rows: list[Row], keys: Sequence[str], group: str | None = None) -> list[Row]:
     """Add `<key>_x_peft`: each figure over the PEFT row's (of the same `group` value) from this run."""
@@ -304,6 +310,7 @@ def run_benchmark(s: BenchSettings, out: Path, log: Log = _stderr) -> dict[str, 
         result["sections"][section] = {"rows": rows, "seconds": round(time.perf_counter() - tick, 1)}
     result["memory_method"] = bench.memory_how
     result["peft_score_gap"] = getattr(bench, "peft_score_gap", None)
+    result["serving_check"] = getattr(bench, "serving_check", None)
     result["total_seconds"] = round(time.perf_counter() - started, 1)
     return result
 

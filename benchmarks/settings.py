@@ -7,7 +7,7 @@ from typing import Any
 
 from core.errors import ConfigError
 
-SECTIONS = ("steps", "inference", "accuracy", "growth")
+SECTIONS = ("steps", "inference", "accuracy", "growth", "serving")
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,20 @@ class BenchSettings:
     """Test examples scored (by ranking the label words) for each accuracy figure."""
     lr: float = 0.01
     """AdamW learning rate for every method in the accuracy runs (our measured default)."""
+    serving_prompts: int = 4
+    """K prompts answering the same queries in the serving section: by turns LAMP (l, r, default p) and prompt
+    tuning (l), untrained, each from its own seed."""
+    serving_queries: int = 64
+    """Test inputs answered by each of the K prompts."""
+    serving_batch_sizes: tuple[int, ...] = (1, 16)
+    """Queries per call: each call answers them with all K prompts (batched: one forward of queries x K rows)."""
     sections: tuple[str, ...] = SECTIONS
 
 
 QUICK: dict[str, Any] = {
     "batch_size": 8, "repeats": 2, "pools": (1, 4), "infer_batch_sizes": (1, 8), "growth_lengths": (20, 100, 500),
     "growth_batch_size": 2, "accuracy_steps": 10, "accuracy_batch_size": 4, "accuracy_train_examples": 2000,
-    "eval_examples": 64,
+    "eval_examples": 64, "serving_queries": 32, "serving_batch_sizes": (1, 8),
 }
 """`--quick`: a few minutes on a 2-core CPU; explicit flags still win."""
 
@@ -74,7 +81,7 @@ def validate(s: BenchSettings) -> None:
     if s.dtype not in ("float32", "bfloat16", "float16"):
         issues.append(f"dtype={s.dtype!r}: choose float32, bfloat16 or float16")
     for name in ("batch_size", "repeats", "length", "rank", "growth_batch_size", "accuracy_steps",
-                 "accuracy_batch_size", "eval_examples", "default_pool"):
+                 "accuracy_batch_size", "eval_examples", "default_pool", "serving_prompts", "serving_queries"):
         if getattr(s, name) < 1:
             issues.append(f"{name}={getattr(s, name)}: must be at least 1")
     if s.warmup < 0:
@@ -92,6 +99,8 @@ def validate(s: BenchSettings) -> None:
         issues.append(f"rank={s.rank} > length={s.length}: lower --rank")
     if any(b < 1 for b in s.infer_batch_sizes) or not s.infer_batch_sizes:
         issues.append(f"infer batch sizes {list(s.infer_batch_sizes)}: give positive sizes, e.g. 1,16")
+    if any(b < 1 for b in s.serving_batch_sizes) or not s.serving_batch_sizes:
+        issues.append(f"serving batch sizes {list(s.serving_batch_sizes)}: give positive sizes, e.g. 1,16")
     unknown = [x for x in s.sections if x not in SECTIONS]
     if unknown:
         issues.append(f"sections {unknown}: choose from {', '.join(SECTIONS)}")

@@ -21,7 +21,8 @@ LENGTH, RANK, POOLS, GROWTH = 20, 4, (1, 4), (8, 16)
 FLAGS = ["--device", "cpu", "--threads", "1", "--length", str(LENGTH), "--rank", str(RANK), "--pools", "1,4",
          "--default-pool", "4", "--batch-size", "4", "--warmup", "1", "--repeats", "2", "--infer-batch-sizes", "1,4",
          "--growth-lengths", "8,16", "--growth-batch-size", "2", "--accuracy-steps", "2", "--accuracy-batch-size",
-         "4", "--accuracy-train-examples", "32", "--eval-examples", "8"]
+         "4", "--accuracy-train-examples", "32", "--eval-examples", "8", "--serving-queries", "6",
+         "--serving-batch-sizes", "1,4"]
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +51,10 @@ def _rows(out: Path, section: str) -> list[dict[str, Any]]:
 def test_every_file_is_written(run: tuple[Path, dict[str, Any]]) -> None:
     out, summary = run
     for name in ("report.md", "results.json", "charts.html", "steps.csv", "inference.csv", "accuracy.csv",
-                 "growth.csv"):
+                 "growth.csv", "serving.csv"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert summary["out"] == str(out)
-    assert set(summary) >= {"steps", "inference", "accuracy", "growth", "environment", "files"}
+    assert set(summary) >= {"steps", "inference", "accuracy", "growth", "serving", "environment", "files"}
     assert "plotly" in (out / "charts.html").read_text()[:200_000].lower()
 
 
@@ -137,11 +138,33 @@ def test_growth_pairs_lamp_with_peft_at_each_length(run: tuple[Path, dict[str, A
         assert r["step_s_x_peft"] == (1.0 if r["method"] == "peft-pt" else pytest.approx(r["step_s_x_peft"]))
 
 
+def test_serving_rows_per_queries_per_call_and_batched_answers_equal_sequential(
+        run: tuple[Path, dict[str, Any]]) -> None:
+    out, summary = run
+    rows = _rows(out, "serving")
+    assert [(r["queries_per_call"], r["method"]) for r in rows] == [
+        (n, m) for n in (1, 4) for m in ("mixed-batch", "sequential", "peft-pt")]
+    for per_call in (1, 4):
+        group = {r["method"]: r for r in rows if r["queries_per_call"] == per_call}
+        assert group["mixed-batch"]["rows_per_forward"] == 4 * per_call  # 4 prompts in one forward
+        assert group["sequential"]["rows_per_forward"] == group["peft-pt"]["rows_per_forward"] == per_call
+        for r in group.values():
+            assert r["prompts"] == 4 and r["answers_per_s"] == pytest.approx(4 * r["queries_per_s"])
+            for base, suffix in (("sequential", "x_sequential"), ("peft-pt", "x_peft")):
+                want = r["ms_per_query"] / group[base]["ms_per_query"]
+                assert r[f"ms_per_query_{suffix}"] == pytest.approx(want)
+    check = _results(out)["serving_check"]  # every contender ranked the same labels for every query and prompt
+    assert check["answers_equal"] and check["peft_answers_equal"]
+    assert check["max_score_diff"] < 1e-4 and check["peft_max_score_diff"] < 1e-4
+    assert "x sequential" in (out / "report.md").read_text()
+    assert [r["queries_per_call"] for r in summary["serving"]] == [1, 1, 1, 4, 4, 4]
+
+
 def test_markdown_and_csv_carry_the_same_rows(run: tuple[Path, dict[str, Any]]) -> None:
     out, _ = run
     report = (out / "report.md").read_text()
     assert "x PEFT" in report and "1.00x" in report and "python -m benchmarks" in report
-    for section in ("steps", "inference", "accuracy", "growth"):
+    for section in ("steps", "inference", "accuracy", "growth", "serving"):
         with (out / f"{section}.csv").open() as f:
             table = list(csv.DictReader(f))
         assert [r["contender"] for r in table] == [r["contender"] for r in _rows(out, section)]
