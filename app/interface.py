@@ -7,7 +7,7 @@ from typing import Any
 import gradio as gr
 
 from app import monitor
-from app.components import compare, jobs, new_job, playground
+from app.components import compare, jobs, new_job, playground, study
 from app.settings import ServeSettings
 from jobs.models import Status
 
@@ -16,6 +16,15 @@ CSS = """
 .lamp-field-error input, .lamp-field-error textarea { border-color: #b91c1c !important; }
 """
 TITLE = "LAMP Studio"
+
+
+def open_tab_from_url(request: gr.Request | None) -> Any:
+    query = dict(request.query_params) if request is not None else {}
+    if query.get("study"):
+        return gr.Tabs(selected="study")
+    if query.get("job"):
+        return gr.Tabs(selected="jobs")
+    return gr.skip()
 
 
 def build_ui(settings: ServeSettings | None = None) -> gr.Blocks:
@@ -31,6 +40,8 @@ def build_ui(settings: ServeSettings | None = None) -> gr.Blocks:
                 compare_picker = compare.build()
             with gr.Tab("Playground", id="playground", elem_id="tab-playground") as play_tab:
                 play_picker = playground.build(settings)
+            with gr.Tab("Study", id="study", elem_id="tab-study") as study_tab:
+                sweep = study.build()
 
         # A launched job opens in the Jobs tab.
         def follow(job_id: float | None) -> list[Any]:
@@ -47,4 +58,8 @@ def build_ui(settings: ServeSettings | None = None) -> gr.Blocks:
         play_tab.select(succeeded, None, play_picker)
         ui.load(lambda: [succeeded(), succeeded()], None, [compare_picker, play_picker])
         ui.load(jobs.job_from_url, None, board.job_id).then(board.refresh, board.job_id, board.outputs)
+        # A link with ?job=N (a Pareto point, a shared address) opens the Jobs tab; ?study=N the Study tab.
+        ui.load(open_tab_from_url, None, tabs)
+        ui.load(study.study_from_url, None, sweep.study_id)
+        study_tab.select(lambda: study.study_choices_update(), None, sweep.study_id)
     return ui

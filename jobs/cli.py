@@ -125,6 +125,9 @@ def register(sub: Any) -> None:
                         "or LAMP_LEASE_SECONDS)")
     p.set_defaults(handler=cmd_worker)
     register_estimate(sub)
+    from jobs.study_cli import register as register_study
+
+    register_study(sub)
 
 
 def cmd_estimate(a: argparse.Namespace) -> int:

@@ -1,0 +1,253 @@
+"""The Study tab as plain functions: form -> StudyPlan (each problem beside its field), the trials and settings
+tables, the Pareto charts of accuracy against each cost, the recommendation, and the CSV."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from app.compare import METHOD_COLORS
+from app.forms import DEFAULTS, FormError, spec_from_form
+from app.settings import exports_dir
+from core.errors import ConfigError
+from jobs.db import read
+from jobs.studies import (
+    COST_LABELS,
+    COSTS,
+    StudyPlan,
+    StudyView,
+    check_plan,
+    describe,
+    list_studies,
+    parse_list,
+)
+
+# The study form's inputs, in the order the handlers receive them.
+STUDY_FIELDS = (
+    "name", "model", "task", "steps", "batch_size", "max_length", "eval_every", "max_eval_examples", "device",
+    "methods", "lengths", "ranks", "pools", "lrs", "seeds", "mode", "trials", "sampler", "objectives", "pruner",
+    "parallel", "tolerance",
+)
+STUDY_DEFAULTS: dict[str, Any] = {
+    "name": "", "model": "default", "task": "rotten_tomatoes", "steps": 40, "batch_size": 8, "max_length": 256,
+    "eval_every": 20, "max_eval_examples": 200, "device": "auto", "methods": ["lamp"], "lengths": "20, 100",
+    "ranks": "4, 8", "pools": "1, 4", "lrs": "", "seeds": "42", "mode": "grid", "trials": 8, "sampler": "tpe",
+    "objectives": ["params"], "pruner": "median", "parallel": None, "tolerance": 1.0,
+}
+# Form fields of the base run (app.forms) -> the study form's field that shows their problems.
+_BASE_FIELD = {"method": "methods", "length": "lengths", "rank": "ranks", "pool": "pools", "lr": "lrs",
+               "seed": "seeds"}
+SWEEPS = {"methods": ("method", str), "lengths": ("length", int), "ranks": ("rank", int), "pools": ("pool", int),
+          "lrs": ("lr", float), "seeds": ("seed", int)}
+
+
+def plan_from_form(values: dict[str, Any]) -> StudyPlan:
+    """The study the form describes; FormError maps every problem to the field at fault."""
+    problems: dict[str, str] = {}
+    space: dict[str, list[Any]] = {}
+    for name, (knob, kind) in SWEEPS.items():
+        raw = values.get(name)
+        try:
+            space[knob] = parse_list(raw if isinstance(raw, str) else list(raw or []), kind, knob)
+        except ConfigError as exc:
+            problems[name] = str(exc)
+    if not space.get("method"):
+        problems["methods"] = "pick at least one method"
+    form = {**DEFAULTS, **{k: values.get(k) for k in ("model", "task", "steps", "batch_size", "max_length",
+                                                      "eval_every", "device")}}
+    form.update({k: (space[knob][0] if space.get(knob) else DEFAULTS[k]) for k, knob in (
+        ("method", "method"), ("length", "length"), ("rank", "rank"), ("pool", "pool"), ("seed", "seed"))})
+    form["lr"] = space["lr"][0] if space.get("lr") else ""
+    base = None
+    try:
+        base, _ = spec_from_form(form)
+    except FormError as exc:
+        for key, message in exc.problems.items():
+            problems[_BASE_FIELD.get(key, key if key in STUDY_FIELDS else "name")] = message
+    if base is not None:
+        from dataclasses import replace
+
+        max_eval = values.get("max_eval_examples")
+        if max_eval not in (None, ""):
+            base = replace(base, data=replace(base.data, max_eval_examples=int(max_eval)))
+    objectives = ("accuracy", *[o for o in COSTS if o in (values.get("objectives") or [])])
+    if len(objectives) == 1:
+        problems["objectives"] = "pick at least one cost to weigh accuracy against"
+    budget = values.get("mode") == "budget"
+    trials = values.get("trials")
+    if budget and (trials in (None, "") or int(trials) < 1):
+        problems["trials"] = "a budget study needs a number of trials"
+    tolerance = values.get("tolerance")
+    parallel = values.get("parallel")
+    if problems or base is None:
+        raise FormError(problems or {"": "the base run is invalid"})
+    plan = StudyPlan(
+        name=str(values.get("name") or "").strip() or f"{base.data.task or 'data'} sweep", base=base,
+        space={k: v for k, v in space.items() if v}, mode="budget" if budget else "grid",
+        n_trials=int(trials) if budget and trials else None, objectives=objectives,
+        sampler=str(values.get("sampler") or "tpe"), parallel=int(parallel) if parallel else None,
+        pruner=str(values.get("pruner") or "median"),
+        tolerance=float(tolerance) / 100 if tolerance not in (None, "") else 0.01)
+    try:
+        return check_plan(plan)
+    except ConfigError as exc:
+        raise FormError({_field_of_plan_problem(line): line for line in str(exc).splitlines()}) from exc
+
+
+def _field_of_plan_problem(message: str) -> str:
+    for key, name in (("trials", "trials"), ("objectives", "objectives"), ("tolerance", "tolerance"),
+                      ("parallel", "parallel"), ("rank", "ranks"), ("length", "lengths"), ("pool", "pools"),
+                      ("the space", "ranks"), ("no valid", "ranks"), ("lr", "lrs")):
+        if message.startswith(key):
+            return name
+    return "name"
+
+
+def plan_text(plan: StudyPlan) -> str:
+    """What launching this plan will do, shown as the form changes."""
+    from jobs.studies import distinct_settings
+
+    settings, dropped = distinct_settings(plan.base, plan.space)
+    skipped = math.prod(len(v) for v in plan.space.values()) - len(settings)
+    what = (f"a grid of **{len(settings)}** distinct runs" if plan.mode == "grid"
+            else f"**{plan.n_trials}** trials chosen by {plan.sampler} among {len(settings)} distinct runs")
+    why = f" ({skipped} combination(s) skipped as duplicates or invalid: {sorted(set(dropped))[0]})" if dropped else (
+        f" ({skipped} duplicate combination(s) skipped)" if skipped else "")
+    return (f"Launching starts {what}{why}, {plan.parallel} queued at a time, each "
+            f"{plan.base.train.steps or 150} steps; objectives {', '.join(plan.objectives)}.")
+
+
+def launch(plan: StudyPlan) -> int:
+    from jobs.studies import create_study
+
+    return create_study(plan)
+
+
+def study_choices(limit: int = 100) -> list[tuple[str, int]]:
+    return [(f"#{s.id} {s.name} · {s.status.lower()} · {s.mode}", s.id) for s in read(list_studies, limit=limit)]
+
+
+def trials_frame(view: StudyView) -> pd.DataFrame:
+    rows = []
+    for t in view.trials:
+        s = t.setting
+        rows.append({"trial": t.number, "state": t.state, "job": t.job_id, "method": s.get("method"),
+                     "length": s.get("length"), "rank": s.get("rank"), "pool": s.get("pool"), "lr": s.get("lr"),
+                     "seed": s.get("seed"), "val": _round(t.accuracy), "test": _round(t.test), "params": t.params,
+                     "train_s": _round(t.time, 1), "memory_mb": _round(t.memory, 0), "step": t.step,
+                     "note": (t.note or "").strip().splitlines()[-1] if t.note else ""})
+    return pd.DataFrame(rows, columns=["trial", "state", "job", "method", "length", "rank", "pool", "lr", "seed",
+                                       "val", "test", "params", "train_s", "memory_mb", "step", "note"])
+
+
+SETTINGS_COLUMNS = ("setting", "method", "length", "rank", "pool", "lr", "seeds", "val_mean", "val_std", "test_mean",
+                    "params", "train_s", "memory_mb", *[f"front_{c}" for c in COSTS], "recommended", "jobs")
+
+
+def settings_frame(view: StudyView) -> pd.DataFrame:
+    """One row per setting (mean and spread over seeds), best first: the table behind the charts and the CSV."""
+    rows = []
+    for s in view.settings:
+        rows.append({
+            "setting": describe(s.setting), "method": s.setting.get("method"), "length": s.setting.get("length"),
+            "rank": s.setting.get("rank"), "pool": s.setting.get("pool"), "lr": s.setting.get("lr"),
+            "seeds": s.seeds, "val_mean": _round(s.accuracy), "val_std": _round(s.accuracy_std),
+            "test_mean": _round(s.test), "params": round(s.params), "train_s": _round(s.time, 1),
+            "memory_mb": _round(s.memory, 0),
+            **{f"front_{c}": s.front.get(c, False) for c in COSTS},
+            "recommended": view.recommendation is not None and s.key == view.recommendation.key,
+            "jobs": " ".join(str(t.job_id) for t in s.trials)})
+    return pd.DataFrame(rows, columns=SETTINGS_COLUMNS)
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    return round(value, digits) if value is not None else None
+
+
+def pareto_figure(view: StudyView, cost: str) -> go.Figure:
+    """Validation accuracy (mean over seeds, bars = spread) against one cost; the Pareto front joined and ringed,
+    each point labelled with a link to its job."""
+    fig = go.Figure()
+    settings = view.settings
+    for method in sorted({s.setting["method"] for s in settings}):
+        group = [s for s in settings if s.setting["method"] == method]
+        fig.add_trace(go.Scatter(
+            x=[s.cost(cost) for s in group], y=[s.accuracy for s in group], mode="markers+text", name=method,
+            error_y={"type": "data", "array": [s.accuracy_std for s in group], "visible": True},
+            marker={"size": 11, "color": METHOD_COLORS.get(method, "#6b7280"), "line": {"width": 0}},
+            text=[f'<a href="?job={s.trials[0].job_id}">#{s.trials[0].job_id}</a>' for s in group],
+            textposition="top center",
+            customdata=[[describe(s.setting), s.seeds, " ".join(str(t.job_id) for t in s.trials)] for s in group],
+            hovertemplate="%{customdata[0]}<br>val %{y:.4f} (n=%{customdata[1]})<br>" + COST_LABELS[cost]
+                          + " %{x:,.4g}<br>jobs %{customdata[2]}<extra></extra>"))
+    front = sorted((s for s in settings if s.front.get(cost)), key=lambda s: s.cost(cost))
+    if front:
+        fig.add_trace(go.Scatter(
+            x=[s.cost(cost) for s in front], y=[s.accuracy for s in front], mode="lines+markers", name="Pareto front",
+            line={"shape": "hv", "dash": "dot", "color": "#111827"},
+            marker={"size": 18, "symbol": "circle-open", "color": "#111827", "line": {"width": 2}},
+            hoverinfo="skip"))
+    rec = view.recommendation
+    if rec is not None:
+        fig.add_trace(go.Scatter(x=[rec.cost(cost)], y=[rec.accuracy], mode="markers", name="recommended",
+                                 marker={"size": 22, "symbol": "star-open", "color": "#d97706",
+                                         "line": {"width": 2}}, hoverinfo="skip"))
+    pruned = view.counts().get("PRUNED", 0)
+    fig.update_layout(
+        title=f"{view.metric or 'accuracy'} (validation) against {COST_LABELS[cost]}"
+              + (f" · {pruned} trial(s) pruned" if pruned else ""),
+        xaxis_title=COST_LABELS[cost], yaxis_title=f"validation {view.metric or 'accuracy'}",
+        xaxis_type="log" if cost == "params" else "linear", template="plotly_white", height=420,
+        margin={"l": 60, "r": 20, "t": 60, "b": 50}, legend={"orientation": "h", "y": -0.2})
+    return fig
+
+
+def pareto_figures(view: StudyView) -> list[go.Figure]:
+    return [pareto_figure(view, cost) for cost in COSTS]
+
+
+def recommendation_text(view: StudyView) -> str:
+    rec = view.recommendation
+    if rec is None:
+        return "No recommendation yet: it needs at least one completed trial."
+    best = max(s.accuracy for s in view.settings)
+    jobs = ", ".join(f"[#{t.job_id}](?job={t.job_id})" for t in rec.trials)
+    return (f"**Recommended:** {describe(rec.setting)}: validation {view.metric or 'accuracy'} "
+            f"{rec.accuracy:.4f} (best {best:.4f}, tolerance {view.tolerance * 100:g} points) with "
+            f"{rec.params:,.0f} trainable parameters, {rec.time:.1f} s of training, {rec.memory:,.0f} MiB peak "
+            f"(mean of {rec.seeds} seed(s); jobs {jobs}). The cheapest setting by "
+            f"{view.objectives[1] if len(view.objectives) > 1 else 'params'} within the tolerance of the best.")
+
+
+def summary_text(view: StudyView) -> str:
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(view.counts().items())) or "no trials yet"
+    base = view.base
+    size = f"{view.sampler}, {view.n_trials} trials" if view.mode == "budget" else f"{view.n_trials} settings"
+    return (f"**Study #{view.id} · {view.name}** · {view.status} · {view.mode} ({size})"
+            f" · objectives {', '.join(view.objectives)} · pruner {view.pruner}  \n"
+            f"Trials: {counts}. Base run: model `{base['model']['name']}`, "
+            f"data `{base['data'].get('task') or base['data'].get('train_file')}`, {base['train'].get('steps')} steps, "
+            f"batch {base['train'].get('batch_size')}.")
+
+
+def study_csv(view: StudyView) -> str:
+    path = exports_dir() / f"lamp-study-{view.id}.csv"
+    partial = path.with_name(path.name + ".part")
+    settings_frame(view).to_csv(partial, index=False)
+    partial.replace(path)
+    return str(path)
+
+
+def write_charts(view: StudyView, out: Path) -> list[Path]:
+    """The three Pareto charts as standalone HTML files (plotly.js inlined once per file)."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for cost, fig in zip(COSTS, pareto_figures(view), strict=True):
+        path = out / f"study-{view.id}-pareto-{cost}.html"
+        fig.write_html(path, include_plotlyjs=True)  # works offline
+        paths.append(path)
+    return paths
