@@ -99,6 +99,10 @@ def plan_from_form(values: dict[str, Any]) -> StudyPlan:
 
 
 def _field_of_plan_problem(message: str) -> str:
+    knob = message.split("=", 1)[0]
+    sweep = {knob_: name for name, (knob_, _) in SWEEPS.items()}
+    if knob in sweep and " fits no setting" in message:
+        return sweep[knob]
     for key, name in (("trials", "trials"), ("objectives", "objectives"), ("tolerance", "tolerance"),
                       ("parallel", "parallel"), ("rank", "ranks"), ("length", "lengths"), ("pool", "pools"),
                       ("the space", "ranks"), ("no valid", "ranks"), ("lr", "lrs")):

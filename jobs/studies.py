@@ -159,6 +159,19 @@ def distinct_settings(base: RunSpec, space: dict[str, list[Any]]) -> tuple[list[
     return seen, why
 
 
+def never_valid(base: RunSpec, space: dict[str, list[Any]]) -> list[str]:
+    """A value no combination can use (lr=50, rank 64 beside lengths of 8) is a mistake, not a point to skip."""
+    problems = []
+    for knob in KNOBS:
+        for value in space[knob]:
+            others = [space[k] if k != knob else [value] for k in KNOBS]
+            failures = [_checked(base, dict(zip(KNOBS, combo, strict=True)))[1]
+                        for combo in itertools.product(*others)]
+            if failures and all(f is not None for f in failures):
+                problems.append(f"{knob}={value} fits no setting of this space: {failures[0]}")
+    return problems
+
+
 def check_plan(plan: StudyPlan) -> StudyPlan:
     """Every problem with a plan at once (ConfigError), or the plan with its defaults filled in."""
     problems: list[str] = []
@@ -189,6 +202,9 @@ def check_plan(plan: StudyPlan) -> StudyPlan:
     size = math.prod(len(v) for v in space.values())
     if size > MAX_GRID:
         raise ConfigError(f"the space has {size:,} combinations (at most {MAX_GRID}); sweep fewer values")
+    never = never_valid(plan.base, space)
+    if never:
+        raise ConfigError("\n".join(never))
     settings, why = distinct_settings(plan.base, space)
     if not settings:
         raise ConfigError("no valid setting in this space: " + "; ".join(sorted(set(why))[:3]))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -86,7 +86,8 @@ def _hand_artifact(tmp_path: Path, config: LampConfig | PromptTuningConfig | Dpt
     with torch.no_grad():
         pooled = prompt_module(config, trained)()
     spec = RunSpec(method=config)
-    manifest = {"spec": spec_to_dict(spec), "model": {"id": "hand", "source": "hand", "family": "causal",
+    manifest: dict[str, Any] = {
+                "spec": spec_to_dict(spec), "model": {"id": "hand", "source": "hand", "family": "causal",
                                                       "hidden_size": table.shape[1], "hub_id": "hand"},
                 "task": {"name": "t", "label_words": None, "template": None, "answer_cue": "", "metrics": [],
                          "split_note": ""},

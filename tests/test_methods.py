@@ -83,7 +83,7 @@ def test_balanced_init_starts_at_rank_r_prompt_and_paper_init_at_u_s2_v() -> Non
         module, ids = build_prompt(LampConfig(length=20, rank=r, pool=1, init=init),  # type: ignore[arg-type]
                                    table, list(range(50, 70)), torch.Generator().manual_seed(0))
         u, s, vh = torch.linalg.svd(table[torch.tensor(ids)].double(), full_matrices=False)
-        got = module.dense().double()  # type: ignore[operator]
+        got = module.dense().double()
         assert_close(got, u[:, :r] @ torch.diag(s[:r] ** power) @ vh[:r], rtol=1e-5, atol=1e-6)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -128,7 +129,7 @@ def test_a_grid_counts_distinct_valid_runs_only(base: RunSpec) -> None:
     ({"objectives": ("accuracy", "speed")}, "accuracy first"),
     ({"mode": "budget", "n_trials": 50}, "only 2 distinct valid settings"),
     ({"mode": "budget", "n_trials": None}, "needs a number of trials"),
-    ({"space": {"rank": [16, 32]}}, "no valid setting"),
+    ({"space": {"rank": [16, 32]}}, "rank=16 fits no setting"),
     ({"space": {"rank": list(range(1, 9)), "pool": [1, 2], "seed": list(range(40))}}, "at most 512"),
     ({"tolerance": 2.0}, "tolerance=2.0"),
     ({"pruner": "hyperband"}, "pruner='hyperband'"),
@@ -338,3 +339,67 @@ def test_a_study_on_postgres_and_redis_keeps_optuna_in_its_own_database(tmp_path
             tables = {r[0] for r in conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname='public'"))}
         ours.dispose()
         assert "lamp_studies" in tables and "trials" not in tables
+
+
+# ---- the Study tab's handlers ---------------------------------------------------------------------------------------
+
+def _study_form(model: Path, **changes: Any) -> dict[str, Any]:
+    from app.study import STUDY_DEFAULTS
+
+    form = {**STUDY_DEFAULTS, "model": str(model), "steps": 4, "batch_size": 4, "eval_every": 2,
+            "max_eval_examples": 8, "device": "cpu", "methods": ["lamp"], "lengths": "8", "ranks": "2, 4",
+            "pools": "2", "lrs": "0.05", "seeds": "1", "pruner": "none"}
+    return {**form, **changes}
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"ranks": "4, x"}, "ranks"),
+    ({"methods": []}, "methods"),
+    ({"mode": "budget", "trials": None}, "trials"),
+    ({"objectives": []}, "objectives"),
+    ({"ranks": "64"}, "ranks"),
+    ({"steps": 0}, "steps"),
+    ({"lrs": "0.01, 50"}, "lrs"),
+])
+def test_study_form_problems_land_beside_their_fields(tiny_llama_dir: Path, changes: dict[str, Any],
+                                                      field: str) -> None:
+    from app.forms import FormError
+    from app.study import STUDY_FIELDS, plan_from_form
+
+    with pytest.raises(FormError) as caught:
+        plan_from_form(_study_form(tiny_llama_dir, **changes))
+    assert field in caught.value.problems and set(caught.value.problems) <= set(STUDY_FIELDS)
+
+
+def test_study_form_builds_the_plan_and_says_what_it_will_launch(tiny_llama_dir: Path) -> None:
+    from app.study import plan_from_form, plan_text
+
+    plan = plan_from_form(_study_form(tiny_llama_dir, methods=["lamp", "prompt-tuning"], objectives=["time"],
+                                      tolerance=2))
+    assert plan.objectives == ("accuracy", "time") and plan.tolerance == pytest.approx(0.02)
+    assert plan.space["method"] == ["lamp", "prompt-tuning"] and plan.space["rank"] == [2, 4]
+    assert plan.base.data.max_eval_examples == 8 and plan.base.train.steps == 4
+    assert "a grid of **3** distinct runs" in plan_text(plan)  # prompt tuning's two ranks are one run
+
+
+def test_study_tab_shows_fronts_links_tables_and_the_recommendation(sqlite_store: str, tiny_llama_dir: Path) -> None:
+    from app import study as tab
+    from jobs.studies import study_view
+
+    study_id = tab.launch(tab.plan_from_form(_study_form(tiny_llama_dir, seeds="1, 2")))
+    assert (study_id, ) == tuple(i for _, i in tab.study_choices())
+    _run_all()
+    view = study_view(study_id)
+    figs = tab.pareto_figures(view)
+    assert len(figs) == 3
+    names = [t.name for t in figs[0].data]
+    assert "Pareto front" in names and "recommended" in names
+    links = [text for t in figs[0].data if t.text is not None for text in t.text]
+    assert links and all(re.fullmatch(r'<a href="\?job=\d+">#\d+</a>', str(x)) for x in links)
+    settings = tab.settings_frame(view)
+    assert len(settings) == 2 and set(settings["seeds"]) == {2} and settings["recommended"].sum() == 1
+    assert (settings["val_std"] >= 0).all()
+    trials = tab.trials_frame(view)
+    assert len(trials) == 4 and set(trials["state"]) == {"COMPLETE"}
+    assert "Recommended:" in tab.recommendation_text(view) and "?job=" in tab.recommendation_text(view)
+    assert Path(tab.study_csv(view)).read_text().count("\n") == 3
