@@ -138,6 +138,17 @@ class Details:
     """Changes whenever anything shown changes (status, step, points); the page redraws only then."""
 
 
+def _study_trial(*, session: Any, job_id: int) -> tuple[int, int, str] | None:
+    """(trial number, study id, study name) when the job is a study's trial."""
+    from sqlalchemy import select
+
+    from jobs.models import Study, StudyTrial
+
+    row = session.execute(select(StudyTrial.number, Study.id, Study.name).join(Study, Study.id == StudyTrial.study_id)
+                          .where(StudyTrial.job_id == job_id)).one_or_none()
+    return (int(row[0]), int(row[1]), str(row[2])) if row is not None else None
+
+
 def job_details(job_id: int | None) -> Details:
     if job_id is None:
         return Details("Pick a job in the table (click its row) to see its curves.", "", False, False, False, ())
@@ -158,6 +169,9 @@ def job_details(job_id: int | None) -> Details:
     ]
     if train.get("init_from"):
         lines.append(warm_start_text(str(train["init_from"])))
+    trial = read(_study_trial, job_id=job.id)
+    if trial is not None:
+        lines.append(f"Trial {trial[0]} of [study #{trial[1]} {trial[2]}](?study={trial[1]})")
     resumed = [a for a in attempts if a.resumed_from]
     if resumed:
         lines.append("Resumed from checkpoints at step " + ", ".join(str(a.resumed_from) for a in resumed))
@@ -169,7 +183,7 @@ def job_details(job_id: int | None) -> Details:
     # No point query here: this runs on every poll, and the step, status and result say when new points arrived.
     signature = (job.status, job.step, job.cancel_requested, job.attempts, result is not None)
     return Details("\n\n".join(lines), job.error or "", job.status in (Status.QUEUED, Status.RUNNING)
-                   and not job.cancel_requested, job.status in (Status.FAILED, Status.CANCELLED),
+                   and not job.cancel_requested, job.status in RETRYABLE,
                    job.status == Status.SUCCEEDED, signature)
 
 
@@ -226,15 +240,19 @@ def cancel_job(job_id: int) -> str:
     return f"Job {job_id}: {'cancel requested' if status == Status.RUNNING else status}"
 
 
+RETRYABLE = (Status.FAILED, Status.CANCELLED, Status.PRUNED)
+
+
 def retry_job(job_id: int) -> int:
-    """A failed or cancelled job runs again as a new job with the same settings (validated again)."""
+    """A failed, cancelled or pruned job runs again as a new job with the same settings (validated again); a pruned
+    trial's rerun is an ordinary job, outside its study, so nothing prunes it."""
     from jobs.tasks import submit
 
     job = read(store.get_job, job_id=int(job_id))
     if job is None:
         raise ConfigError(f"no job {job_id}")
-    if job.status not in (Status.FAILED, Status.CANCELLED):
-        raise ConfigError(f"job {job_id} is {job.status}: only a failed or cancelled job can be retried")
+    if job.status not in RETRYABLE:
+        raise ConfigError(f"job {job_id} is {job.status}: only a failed, cancelled or pruned job can be retried")
     return submit(spec_from_dict(job.spec), max_attempts=job.max_attempts)
 
 

@@ -238,6 +238,12 @@ def test_the_pruner_stops_a_hopeless_trial_and_its_job_ends_pruned(sqlite_store:
     assert job.total_steps == 6 and job.step == 2
     assert view.status == "DONE" and _optuna_states(study) == {0: "PRUNED"}
     assert read(store.get_result, job_id=job.id) is None
+    from app import monitor  # the Jobs tab shows it as pruned, with the reason, and can run it again in full
+
+    details = monitor.job_details(job.id)
+    assert details.can_retry and details.error.startswith("pruned at step 2")
+    rerun = read(store.get_job, job_id=monitor.retry_job(job.id))
+    assert rerun is not None and rerun.status == Status.QUEUED and rerun.spec == job.spec
 
 
 def test_a_budget_study_keeps_parallel_trials_in_flight(sqlite_store: str, base: RunSpec) -> None:
@@ -403,3 +409,6 @@ def test_study_tab_shows_fronts_links_tables_and_the_recommendation(sqlite_store
     assert len(trials) == 4 and set(trials["state"]) == {"COMPLETE"}
     assert "Recommended:" in tab.recommendation_text(view) and "?job=" in tab.recommendation_text(view)
     assert Path(tab.study_csv(view)).read_text().count("\n") == 3
+    from app import monitor
+
+    assert f"of [study #{study_id} " in monitor.job_details(view.trials[0].job_id).markdown
