@@ -36,7 +36,7 @@ STUDY_DEFAULTS: dict[str, Any] = {
     "name": "", "model": "default", "task": "rotten_tomatoes", "steps": 40, "batch_size": 8, "max_length": 256,
     "eval_every": 20, "max_eval_examples": 200, "device": "auto", "methods": ["lamp"], "lengths": "20, 100",
     "ranks": "4, 8", "pools": "1, 4", "lrs": "", "seeds": "42", "mode": "grid", "trials": 8, "sampler": "tpe",
-    "objectives": ["params"], "pruner": "median", "parallel": None, "tolerance": 1.0,
+    "objectives": ["params"], "pruner": "median", "parallel": "", "tolerance": 1.0,
 }
 # Form fields of the base run (app.forms) -> the study form's field that shows their problems.
 _BASE_FIELD = {"method": "methods", "length": "lengths", "rank": "ranks", "pool": "pools", "lr": "lrs",
@@ -82,7 +82,9 @@ def plan_from_form(values: dict[str, Any]) -> StudyPlan:
     if budget and (trials in (None, "") or int(trials) < 1):
         problems["trials"] = "a budget study needs a number of trials"
     tolerance = values.get("tolerance")
-    parallel = values.get("parallel")
+    parallel = str(values.get("parallel") or "").strip()
+    if parallel and not parallel.isdigit():
+        problems["parallel"] = f"{parallel!r} is not a whole number (empty: the whole grid, 2 for a budget)"
     if problems or base is None:
         raise FormError(problems or {"": "the base run is invalid"})
     plan = StudyPlan(
@@ -172,19 +174,31 @@ def _round(value: float | None, digits: int = 4) -> float | None:
     return round(value, digits) if value is not None else None
 
 
-def pareto_figure(view: StudyView, cost: str) -> go.Figure:
+DEFAULT_LINK_BASE = "http://127.0.0.1:7860/"
+
+
+def page_base(request: Any) -> str:
+    """The dashboard's own address as the browser sees it (links in plotly charts must be absolute: plotly drops
+    relative hrefs)."""
+    headers = dict(request.headers) if request is not None else {}
+    referer = str(headers.get("referer") or "")
+    if referer.startswith(("http://", "https://")):
+        return referer.split("?", 1)[0].split("#", 1)[0]
+    origin = str(headers.get("origin") or "")
+    return f"{origin}/" if origin.startswith(("http://", "https://")) else DEFAULT_LINK_BASE
+
+
+def pareto_figure(view: StudyView, cost: str, link_base: str = DEFAULT_LINK_BASE) -> go.Figure:
     """Validation accuracy (mean over seeds, bars = spread) against one cost; the Pareto front joined and ringed,
-    each point labelled with a link to its job."""
+    each point labelled with a link to its job (`link_base?job=N`: the dashboard opens that job)."""
     fig = go.Figure()
     settings = view.settings
     for method in sorted({s.setting["method"] for s in settings}):
         group = [s for s in settings if s.setting["method"] == method]
         fig.add_trace(go.Scatter(
-            x=[s.cost(cost) for s in group], y=[s.accuracy for s in group], mode="markers+text", name=method,
+            x=[s.cost(cost) for s in group], y=[s.accuracy for s in group], mode="markers", name=method,
             error_y={"type": "data", "array": [s.accuracy_std for s in group], "visible": True},
             marker={"size": 11, "color": METHOD_COLORS.get(method, "#6b7280"), "line": {"width": 0}},
-            text=[f'<a href="?job={s.trials[0].job_id}">#{s.trials[0].job_id}</a>' for s in group],
-            textposition="top center",
             customdata=[[describe(s.setting), s.seeds, " ".join(str(t.job_id) for t in s.trials)] for s in group],
             hovertemplate="%{customdata[0]}<br>val %{y:.4f} (n=%{customdata[1]})<br>" + COST_LABELS[cost]
                           + " %{x:,.4g}<br>jobs %{customdata[2]}<extra></extra>"))
@@ -195,6 +209,14 @@ def pareto_figure(view: StudyView, cost: str) -> go.Figure:
             line={"shape": "hv", "dash": "dot", "color": "#111827"},
             marker={"size": 18, "symbol": "circle-open", "color": "#111827", "line": {"width": 2}},
             hoverinfo="skip"))
+    # Each point's label links to its job. Annotations, not trace text: they sit above plotly's drag layer, so
+    # they take clicks (on a log axis an annotation's x is the exponent).
+    for s in settings:
+        job = s.trials[0].job_id
+        x = s.cost(cost)
+        fig.add_annotation(x=math.log10(x) if cost == "params" and x > 0 else x, y=s.accuracy, yshift=14,
+                           text=f'<a href="{link_base}?job={job}">#{job}</a>', showarrow=False,
+                           font={"size": 12, "color": "#1d4ed8"}, captureevents=True)
     rec = view.recommendation
     if rec is not None:
         fig.add_trace(go.Scatter(x=[rec.cost(cost)], y=[rec.accuracy], mode="markers", name="recommended",
@@ -202,7 +224,7 @@ def pareto_figure(view: StudyView, cost: str) -> go.Figure:
                                          "line": {"width": 2}}, hoverinfo="skip"))
     pruned = view.counts().get("PRUNED", 0)
     fig.update_layout(
-        title=f"{view.metric or 'accuracy'} (validation) against {COST_LABELS[cost]}"
+        title=f"validation {view.metric or 'accuracy'} vs {COST_LABELS[cost]}"
               + (f" · {pruned} trial(s) pruned" if pruned else ""),
         xaxis_title=COST_LABELS[cost], yaxis_title=f"validation {view.metric or 'accuracy'}",
         xaxis_type="log" if cost == "params" else "linear", template="plotly_white", height=420,
@@ -210,8 +232,8 @@ def pareto_figure(view: StudyView, cost: str) -> go.Figure:
     return fig
 
 
-def pareto_figures(view: StudyView) -> list[go.Figure]:
-    return [pareto_figure(view, cost) for cost in COSTS]
+def pareto_figures(view: StudyView, link_base: str = DEFAULT_LINK_BASE) -> list[go.Figure]:
+    return [pareto_figure(view, cost, link_base) for cost in COSTS]
 
 
 def recommendation_text(view: StudyView) -> str:
@@ -246,11 +268,12 @@ def study_csv(view: StudyView) -> str:
     return str(path)
 
 
-def write_charts(view: StudyView, out: Path) -> list[Path]:
-    """The three Pareto charts as standalone HTML files (plotly.js inlined once per file)."""
+def write_charts(view: StudyView, out: Path, link_base: str = DEFAULT_LINK_BASE) -> list[Path]:
+    """The three Pareto charts as standalone HTML files (plotly.js inlined); points link to the dashboard at
+    `link_base`."""
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for cost, fig in zip(COSTS, pareto_figures(view), strict=True):
+    for cost, fig in zip(COSTS, pareto_figures(view, link_base), strict=True):
         path = out / f"study-{view.id}-pareto-{cost}.html"
         fig.write_html(path, include_plotlyjs=True)  # works offline
         paths.append(path)

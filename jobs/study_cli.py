@@ -134,7 +134,7 @@ def cmd_show(a: argparse.Namespace) -> int:
     if a.charts:
         from app.study import write_charts
 
-        for path in write_charts(view, Path(a.charts)):
+        for path in write_charts(view, Path(a.charts), a.link_base):
             print(f"wrote {path}", file=sys.stderr)
     if a.json:
         print(json.dumps(view_json(view)))
@@ -207,6 +207,8 @@ def register(sub: Any) -> None:
     p.add_argument("--csv", default=None, help="write the settings table (mean and spread over seeds) here")
     p.add_argument("--charts", default=None, metavar="DIR",
                    help="write the Pareto charts (HTML) of accuracy against params, time and memory into DIR")
+    p.add_argument("--link-base", default="http://127.0.0.1:7860/",
+                   help="the dashboard's address: each chart point links to <link-base>?job=N")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_show)
 

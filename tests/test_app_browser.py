@@ -288,8 +288,10 @@ def test_a_study_sweeps_the_knobs_and_draws_its_pareto_charts(page: Any, server:
     report("dashboard study of 4 tiny runs, launch to done", seconds=round(time.monotonic() - started, 1))
     assert "4 complete" in summary.inner_text()
     page.locator("#pareto-params .js-plotly-plot").wait_for()
-    links = page.locator("#pareto-params a[href^='?job=']")
-    assert links.count() == 2  # one per setting (two seeds each)
+    hrefs = set(page.eval_on_selector_all("#pareto-params .annotation a",
+                                          "els => els.map(e => e.getAttribute('xlink:href'))"))
+    assert len(hrefs) == 2, hrefs  # one per setting (two seeds each), each linking to its job on this dashboard
+    assert all(re.fullmatch(re.escape(server.url) + r"\?job=\d+", str(h)) for h in hrefs), hrefs
     page.locator("#study-recommendation").get_by_text("Recommended:").wait_for()
     assert page.locator("#study-settings").get_by_text("lamp l=8 r=2 p=2 lr=0.05").count() >= 1
     page.locator("#study-csv").get_by_text(f"lamp-study-{study_id}").filter(visible=True).first.wait_for()
@@ -298,12 +300,14 @@ def test_a_study_sweeps_the_knobs_and_draws_its_pareto_charts(page: Any, server:
     # The address reopens the study; a point's link opens its job in the Jobs tab.
     page.reload()
     page.locator("#study-summary").get_by_text(f"Study #{study_id}").filter(visible=True).first.wait_for()
-    href = page.locator("#pareto-params a[href^='?job=']").first.get_attribute("href")
-    job_id = int(href.split("=")[1])
-    page.goto(server.url + href)
-    page.locator("#job-details").get_by_text(f"Job {job_id}: SUCCEEDED").filter(visible=True).first.wait_for()
-    page.goto(server.url)
-    page.locator("#launch").wait_for()
+    link = page.locator("#pareto-params .annotation a").first
+    job_id = int(str(link.get_attribute("xlink:href")).split("=")[1])
+    with page.context.expect_page() as opened:
+        link.click()  # a point's link opens its job, in the Jobs tab of a new browser tab
+    job_page = opened.value
+    job_page.locator("#job-details").get_by_text(f"Job {job_id}: SUCCEEDED").filter(visible=True).first.wait_for()
+    assert f"of study #{study_id} " in job_page.locator("#job-details").inner_text()
+    job_page.close()
 
 
 def test_file_routes_serve_nothing_outside_the_apps_data(server: Server) -> None:

@@ -320,8 +320,7 @@ def test_the_cli_starts_shows_and_exports_a_study(sqlite_store: str, tiny_llama_
     assert csv_path.read_text().splitlines()[0].startswith("setting,method,length,rank,pool,lr,seeds,val_mean")
     pages = sorted(p.name for p in charts.iterdir())
     assert pages == [f"study-{started['study']}-pareto-{c}.html" for c in ("memory", "params", "time")]
-    assert f'href=\\"?job={started["jobs"][0]}\\"' in (charts / pages[1]).read_text() or \
-        f'?job={started["jobs"][0]}' in (charts / pages[1]).read_text()
+    assert f'http://127.0.0.1:7860/?job={started["jobs"][0]}' in (charts / pages[1]).read_text()
     assert main(["study", "list", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["name"] == "cli"
     assert main([*args[:-1], "--rank", "2,x"]) == 2
@@ -400,8 +399,11 @@ def test_study_tab_shows_fronts_links_tables_and_the_recommendation(sqlite_store
     assert len(figs) == 3
     names = [t.name for t in figs[0].data]
     assert "Pareto front" in names and "recommended" in names
-    links = [text for t in figs[0].data if t.text is not None for text in t.text]
-    assert links and all(re.fullmatch(r'<a href="\?job=\d+">#\d+</a>', str(x)) for x in links)
+    links = [a.text for a in figs[0].layout.annotations]
+    assert links and all(re.fullmatch(r'<a href="http://127.0.0.1:7860/\?job=\d+">#\d+</a>', str(x)) for x in links)
+    shifted = tab.pareto_figure(view, "time", "https://lamp.example/studio/")
+    assert all("https://lamp.example/studio/?job=" in str(a.text) for a in shifted.layout.annotations)
+    assert len(links) == len(view.settings)
     settings = tab.settings_frame(view)
     assert len(settings) == 2 and set(settings["seeds"]) == {2} and settings["recommended"].sum() == 1
     assert (settings["val_std"] >= 0).all()

@@ -11,6 +11,7 @@ import gradio as gr
 from app import study as handlers
 from app.components.common import friendly, warn
 from app.forms import FormError
+from core.errors import ConfigError
 from core.methods import METHODS
 from core.tasks import BUILTIN_TASKS
 from jobs.studies import COST_LABELS, COSTS, advance, cancel_study, relaunch, study_view
@@ -89,15 +90,15 @@ def build() -> StudyTab:
             c["mode"] = gr.Radio(["grid", "budget"], value=d["mode"], label="Search", info=INFO["mode"],
                                  elem_id="study-mode")
             c["trials"] = gr.Number(d["trials"], label="Trials", precision=0, info=INFO["trials"],
-                                    elem_id="study-trials")
+                                    elem_id="study-trials", interactive=False)
             c["sampler"] = gr.Dropdown(["tpe", "nsga2", "random"], value=d["sampler"], label="Sampler",
-                                       info=INFO["sampler"], elem_id="study-sampler")
+                                       info=INFO["sampler"], elem_id="study-sampler", interactive=False)
             c["objectives"] = gr.CheckboxGroup([(COST_LABELS[k], k) for k in COSTS], value=d["objectives"],
                                                label="Costs", info=INFO["objectives"], elem_id="study-objectives")
             c["pruner"] = gr.Radio(["median", "none"], value=d["pruner"], label="Pruner", info=INFO["pruner"],
                                    elem_id="study-pruner")
-            c["parallel"] = gr.Number(d["parallel"], label="Parallel", precision=0, info=INFO["parallel"],
-                                      elem_id="study-parallel")
+            c["parallel"] = gr.Textbox("", label="Parallel", info=INFO["parallel"], elem_id="study-parallel",
+                                       placeholder="all / 2")
             c["tolerance"] = gr.Number(d["tolerance"], label="Tolerance (points)", info=INFO["tolerance"],
                                        elem_id="study-tolerance")
         plan_note = gr.Markdown(elem_id="study-plan")
@@ -112,13 +113,13 @@ def build() -> StudyTab:
     summary = gr.Markdown("Pick a study, or launch one above.", elem_id="study-summary")
     with gr.Row():
         recommendation = gr.Markdown(elem_id="study-recommendation")
-        relaunch_steps = gr.Number(None, label="Relaunch with steps", precision=0, scale=0, min_width=160,
+        relaunch_steps = gr.Textbox("", label="Relaunch with steps", scale=0, min_width=160, placeholder="4x",
                                    elem_id="relaunch-steps", info="empty: 4x the study's")
         relaunch_btn = gr.Button("Relaunch recommended", scale=0, min_width=190, elem_id="relaunch",
                                  interactive=False)
     action = gr.Markdown(elem_id="study-action")
-    with gr.Row():
-        plots = [gr.Plot(label=f"Accuracy against {COST_LABELS[cost]}", elem_id=f"pareto-{cost}") for cost in COSTS]
+    # One under the other, full width: three side by side squeeze their axes unreadable.
+    plots = [gr.Plot(label=f"Accuracy against {COST_LABELS[cost]}", elem_id=f"pareto-{cost}") for cost in COSTS]
     settings_table = gr.Dataframe(headers=list(handlers.SETTINGS_COLUMNS), interactive=False,
                                   label="Settings (mean and spread over seeds; front_* = on that Pareto front)",
                                   elem_id="study-settings", max_height=320)
@@ -154,8 +155,11 @@ def build() -> StudyTab:
     for name in ("methods", "lengths", "ranks", "pools", "lrs", "seeds", "mode", "trials", "objectives"):
         c[name].change(on_plan, inputs, [*inputs, plan_note], show_progress="hidden")
     launch.click(on_launch, inputs, [*inputs, picker, launched, plan_note])
+    # Trials and sampler only mean something for a budget.
+    c["mode"].change(lambda mode: [gr.update(interactive=mode == "budget")] * 2, c["mode"],
+                     [c["trials"], c["sampler"]])
 
-    def show(study: Any, last: Any) -> list[Any]:
+    def show(study: Any, last: Any, request: gr.Request | None = None) -> list[Any]:
         sid = int(study) if study not in (None, "") else None
         if sid is None:
             return [gr.skip()] * (len(outputs) - 1) + [None]
@@ -165,16 +169,26 @@ def build() -> StudyTab:
         if signature == last:
             return [gr.skip()] * len(outputs)
         return [handlers.summary_text(view), handlers.recommendation_text(view),
-                *handlers.pareto_figures(view), handlers.settings_frame(view), handlers.trials_frame(view),
+                *handlers.pareto_figures(view, handlers.page_base(request)),
+                handlers.settings_frame(view), handlers.trials_frame(view),
                 handlers.study_csv(view), gr.update(interactive=view.status == "RUNNING"),
                 gr.update(interactive=view.recommendation is not None), signature]
 
     outputs = [summary, recommendation, *plots, settings_table, trials_table, csv, cancel, relaunch_btn, seen]
-    timer.tick(show, [picker, seen], outputs, show_progress="hidden")
-    picker.change(lambda s: show(s, None), picker, outputs, show_progress="hidden")
+
+    def tick(study: Any, last: Any, request: gr.Request) -> list[Any]:
+        return show(study, last, request)
+
+    def show_now(study: Any, request: gr.Request) -> list[Any]:
+        return show(study, None, request)
+
+    timer.tick(tick, [picker, seen], outputs, show_progress="hidden")
+    picker.change(show_now, picker, outputs, show_progress="hidden")
     picker.change(None, picker, None, js=KEEP_IN_URL)
-    refresh.click(lambda s: [gr.update(choices=handlers.study_choices()), *show(s, None)], picker,
-                  [picker, *outputs])
+    def reload(study: Any, request: gr.Request) -> list[Any]:
+        return [gr.update(choices=handlers.study_choices()), *show(study, None, request)]
+
+    refresh.click(reload, picker, [picker, *outputs])
 
     @friendly
     def on_cancel(study: Any) -> str:
@@ -183,12 +197,15 @@ def build() -> StudyTab:
 
     @friendly
     def on_relaunch(study: Any, steps: Any) -> str:
-        job = relaunch(int(study), steps=int(steps) if steps else None)
+        text = str(steps or "").strip()
+        if text and not text.isdigit():
+            raise ConfigError(f"steps: {text!r} is not a whole number")
+        job = relaunch(int(study), steps=int(text) if text else None)
         return f"The recommended setting is queued as [job {job}](?job={job}) (see the Jobs tab)"
 
-    cancel.click(on_cancel, picker, action).then(lambda s: show(s, None), picker, outputs)
+    cancel.click(on_cancel, picker, action).then(show_now, picker, outputs)
     relaunch_btn.click(on_relaunch, [picker, relaunch_steps], action)
-    return StudyTab(study_id=picker, refresh=lambda s: show(s, None), outputs=outputs)
+    return StudyTab(study_id=picker, refresh=show_now, outputs=outputs)
 
 
 def study_from_url(request: gr.Request | None) -> Any:
