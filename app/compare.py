@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from app.monitor import data_name, main_metric
-from app.settings import exports_dir
+from app.settings import export_csv
 from jobs import store
 from jobs.db import read
 from jobs.models import Status
@@ -81,8 +81,4 @@ def knob_figure(df: pd.DataFrame) -> go.Figure:
 
 
 def compare_csv(df: pd.DataFrame) -> str:
-    path = exports_dir() / "lamp-compare.csv"
-    partial = path.with_name(path.name + ".part")
-    df.to_csv(partial, index=False)
-    partial.replace(path)
-    return str(path)
+    return export_csv(df, "lamp-compare.csv")

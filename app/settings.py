@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from core.backbone import lamp_home
 from core.errors import ConfigError
@@ -77,3 +78,12 @@ def uploads_dir() -> Path:
 
 def exports_dir() -> Path:
     return app_dir("exports")
+
+
+def export_csv(frame: Any, name: str) -> str:
+    """Write a table for download under exports_dir() (atomically: a half-written file is never served)."""
+    path = exports_dir() / name
+    partial = path.with_name(path.name + ".part")
+    frame.to_csv(partial, index=False)
+    partial.replace(path)
+    return str(path)

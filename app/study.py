@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 
 from app.compare import METHOD_COLORS
 from app.forms import DEFAULTS, FormError, spec_from_form
-from app.settings import exports_dir
+from app.settings import export_csv
 from core.errors import ConfigError
 from jobs.db import read
 from jobs.studies import (
@@ -261,11 +261,7 @@ def summary_text(view: StudyView) -> str:
 
 
 def study_csv(view: StudyView) -> str:
-    path = exports_dir() / f"lamp-study-{view.id}.csv"
-    partial = path.with_name(path.name + ".part")
-    settings_frame(view).to_csv(partial, index=False)
-    partial.replace(path)
-    return str(path)
+    return export_csv(settings_frame(view), f"lamp-study-{view.id}.csv")
 
 
 def write_charts(view: StudyView, out: Path, link_base: str = DEFAULT_LINK_BASE) -> list[Path]:

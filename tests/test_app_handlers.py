@@ -3,16 +3,14 @@ and the Playground, on a real SQLite store with jobs run by the real worker path
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
-import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_jobs_support import postgres_database, service_url, tiny_spec
+from test_jobs_support import tiny_spec, worker_store
 
 from app import compare, forms, monitor, playground
 from app.settings import parse_auth
@@ -20,31 +18,13 @@ from app.uploads import accept_upload, guess_columns, open_upload
 from core.errors import ConfigError, DataError
 from core.methods import LampConfig, trainable_param_counts
 from jobs import store
-from jobs.db import dispose_engines, read, upgrade_database
+from jobs.db import read
 from jobs.models import Status
 
 
 def _store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str) -> Iterator[Path]:
-    """The embedded default (SQLite store and queue) or the scaled-out pair (PostgreSQL store, Redis queue)."""
-    from jobs import runner
-    from jobs.queue import huey, use_queue
-
-    monkeypatch.setenv("LAMP_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
-    monkeypatch.setattr(runner, "settings", runner.WorkerSettings(threads=1, lease_seconds=10, stop_grace=10))
-    runner.open_for_work()
-    with contextlib.ExitStack() as stack:
-        if backend == "sqlite":
-            url = f"sqlite:///{tmp_path / 'lamp.db'}"
-            use_queue(f"sqlite:///{tmp_path / 'queue.db'}")
-        else:
-            url = stack.enter_context(postgres_database(service_url("LAMP_TEST_POSTGRES_URL")))
-            use_queue(service_url("LAMP_TEST_REDIS_URL"), name=f"lamp-app-{uuid.uuid4().hex[:8]}")
-            stack.callback(huey.flush)
-        monkeypatch.setenv("LAMP_DATABASE_URL", url)
-        upgrade_database(url)
+    for _url in worker_store(tmp_path, monkeypatch, backend):
         yield tmp_path
-        dispose_engines()
-    use_queue("memory://")
 
 
 @pytest.fixture()

@@ -56,6 +56,43 @@ def postgres_database(base_url: str) -> Iterator[str]:
         admin.dispose()
 
 
+def worker_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str) -> Iterator[str]:
+    """A private store and queue that tests step in-process (`jobs.queue.execute_next`), on the embedded default
+    (SQLite store and queue) or the scaled-out pair (PostgreSQL store, Redis queue); yields the store's URL. A
+    study's Optuna database (beside the store) goes with it."""
+    from jobs import runner, studies
+    from jobs.db import dispose_engines, upgrade_database
+    from jobs.queue import huey, use_queue
+
+    monkeypatch.setenv("LAMP_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    monkeypatch.delenv("LAMP_STUDY_DATABASE_URL", raising=False)
+    monkeypatch.setattr(runner, "settings", runner.WorkerSettings(threads=1, lease_seconds=10, stop_grace=10))
+    runner.open_for_work()
+    with contextlib.ExitStack() as stack:
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp_path / 'lamp.db'}"
+            use_queue(f"sqlite:///{tmp_path / 'queue.db'}")
+        else:
+            url = stack.enter_context(postgres_database(service_url("LAMP_TEST_POSTGRES_URL")))
+            use_queue(service_url("LAMP_TEST_REDIS_URL"), name=f"lamp-t-{uuid.uuid4().hex[:8]}")
+            stack.callback(huey.flush)
+            stack.callback(_drop_database, studies.storage_url(url))
+        monkeypatch.setenv("LAMP_DATABASE_URL", url)
+        upgrade_database(url)
+        yield url
+        dispose_engines()
+        studies._storage.cache_clear()
+    use_queue("memory://")
+
+
+def _drop_database(url: str) -> None:
+    parsed = make_url(url)
+    admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
+    admin.dispose()
+
+
 def tiny_spec(model: Path, csv: Path, **train: Any) -> RunSpec:
     """A few-second run of a tiny random Llama on the CPU (one thread)."""
     settings = {"steps": 6, "batch_size": 4, "eval_every": 3, "checkpoint_every": 2, "lr": 0.05, "device": "cpu",

@@ -3,10 +3,8 @@ its relaunch, the CLI, and the Study tab's handlers (real SQLite store and queue
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -15,51 +13,18 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-from test_jobs_support import postgres_database, service_url, tiny_spec
+from test_jobs_support import tiny_spec, worker_store
 
 from core.errors import ConfigError
 from core.spec import RunSpec
 from jobs import store
-from jobs.db import dispose_engines, read, upgrade_database
+from jobs.db import read
 from jobs.models import Status, Study, StudyTrial
-
-
-def _use_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str) -> Iterator[str]:
-    from jobs import runner, studies
-    from jobs.queue import huey, use_queue
-
-    monkeypatch.setenv("LAMP_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
-    monkeypatch.delenv("LAMP_STUDY_DATABASE_URL", raising=False)
-    monkeypatch.setattr(runner, "settings", runner.WorkerSettings(threads=1, lease_seconds=10, stop_grace=10))
-    runner.open_for_work()
-    with contextlib.ExitStack() as stack:
-        if backend == "sqlite":
-            url = f"sqlite:///{tmp_path / 'lamp.db'}"
-            use_queue(f"sqlite:///{tmp_path / 'queue.db'}")
-        else:
-            url = stack.enter_context(postgres_database(service_url("LAMP_TEST_POSTGRES_URL")))
-            use_queue(service_url("LAMP_TEST_REDIS_URL"), name=f"lamp-study-{uuid.uuid4().hex[:8]}")
-            stack.callback(huey.flush)
-            stack.callback(_drop_database, studies.storage_url(url))
-        monkeypatch.setenv("LAMP_DATABASE_URL", url)
-        upgrade_database(url)
-        yield url
-        dispose_engines()
-        studies._storage.cache_clear()
-    use_queue("memory://")
-
-
-def _drop_database(url: str) -> None:
-    parsed = make_url(url)
-    admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
-    admin.dispose()
 
 
 @pytest.fixture()
 def sqlite_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    yield from _use_store(tmp_path, monkeypatch, "sqlite")
+    yield from worker_store(tmp_path, monkeypatch, "sqlite")
 
 
 @pytest.fixture()
@@ -332,7 +297,7 @@ def test_a_study_on_postgres_and_redis_keeps_optuna_in_its_own_database(tmp_path
                                                                        base: RunSpec) -> None:
     from jobs.studies import StudyPlan, create_study, storage_url, study_view
 
-    for url in _use_store(tmp_path, monkeypatch, "redis+postgres"):
+    for url in worker_store(tmp_path, monkeypatch, "redis+postgres"):
         study_id = create_study(StudyPlan(name="pg", base=base, space={"rank": [1, 2]}, pruner="none"))
         _run_all()
         view = study_view(study_id)

@@ -28,3 +28,14 @@ def friendly(fn: F) -> F:
 
 def warn(message: str) -> str:
     return f"⚠ {message}" if message else ""
+
+
+def keep_in_url(name: str) -> str:
+    """Browser-side: put a component's value into the page's address as `?name=value` (a reload, a bookmark or a
+    shared link opens the same thing again); no round trip to the server."""
+    return f"""(value) => {{
+  const url = new URL(window.location.href);
+  if (value) {{ url.searchParams.set("{name}", String(value)); }} else {{ url.searchParams.delete("{name}"); }}
+  window.history.replaceState(null, "", url);
+  return value;
+}}"""

@@ -12,15 +12,9 @@ import pandas as pd
 
 from app import monitor
 from app.components import inspection
-from app.components.common import friendly
+from app.components.common import friendly, keep_in_url
 
 POLL_SECONDS = 2.0
-KEEP_IN_URL = """(job) => {
-  const url = new URL(window.location.href);
-  if (job) { url.searchParams.set("job", String(job)); } else { url.searchParams.delete("job"); }
-  window.history.replaceState(null, "", url);
-  return job;
-}"""
 
 
 def job_from_url(request: gr.Request | None) -> int | None:
@@ -80,7 +74,7 @@ def build() -> JobsTab:
     refresh.click(lambda job: poll(job, None), job_id, outputs)
     job_id.change(lambda job: poll(job, None), job_id, outputs, show_progress="hidden")
     # The followed job goes into the address (?job=N): a reload, a bookmark or a shared link opens it again.
-    job_id.change(None, job_id, None, js=KEEP_IN_URL)
+    job_id.change(None, job_id, None, js=keep_in_url("job"))
 
     def pick(frame: pd.DataFrame, evt: gr.SelectData) -> Any:
         row = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index

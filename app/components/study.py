@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from app import study as handlers
-from app.components.common import friendly, warn
+from app.components.common import friendly, keep_in_url, warn
 from app.forms import FormError
 from core.errors import ConfigError
 from core.methods import METHODS
@@ -17,12 +17,6 @@ from core.tasks import BUILTIN_TASKS
 from jobs.studies import COST_LABELS, COSTS, advance, cancel_study, relaunch, study_view
 
 POLL_SECONDS = 3.0
-KEEP_IN_URL = """(study) => {
-  const url = new URL(window.location.href);
-  if (study) { url.searchParams.set("study", String(study)); } else { url.searchParams.delete("study"); }
-  window.history.replaceState(null, "", url);
-  return study;
-}"""
 INFO = {
     "name": "to find it again", "model": "hub id, local folder, or `default`", "task": "built-in task",
     "steps": "per trial; short trials rank settings, the relaunch trains the winner longer",
@@ -184,7 +178,7 @@ def build() -> StudyTab:
 
     timer.tick(tick, [picker, seen], outputs, show_progress="hidden")
     picker.change(show_now, picker, outputs, show_progress="hidden")
-    picker.change(None, picker, None, js=KEEP_IN_URL)
+    picker.change(None, picker, None, js=keep_in_url("study"))
     def reload(study: Any, request: gr.Request) -> list[Any]:
         return [gr.update(choices=handlers.study_choices()), *show(study, None, request)]
 
