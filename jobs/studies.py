@@ -604,12 +604,16 @@ class PruningHook:
         self.trial = optuna.trial.Trial(self.twin, trial.twin_id)
         self.pruned = False
         self.reason = ""
+        self.metric: str | None = None
 
     def __call__(self, event: Any) -> None:
         if event.kind != "eval" or "primary" not in event.data:
             return
         name = event.data["primary"]
         value = float(event.data[name])
+        if self.metric != name:  # the study's pages name the metric they chart
+            self.trial.set_user_attr("metric", name)
+            self.metric = name
         self.trial.report(value, event.step)
         if not self.pruned and event.step < event.total_steps and self.trial.should_prune():
             self.pruned = True
@@ -711,14 +715,16 @@ def _trial_views(*, session: Session, study_id: int) -> tuple[Study, list[StudyT
 def study_view(study_id: int) -> StudyView:
     study, trials, jobs, results = read(_trial_views, study_id=study_id)
     optuna_storage = storage()
-    metric: str | None = None
+    twins = {t.id: optuna_storage.get_trial(t.twin_id) for t in trials if t.twin_id is not None}
+    # The metric the trials were judged by, as the training process named it (the task's first metric).
+    metric = next((str(w.user_attrs["metric"]) for w in twins.values() if "metric" in w.user_attrs), None)
+    if metric is None and results:
+        metric = next((k for r in results.values() for k in r.metrics if not k.startswith("gen_")), None)
     views = []
     for t in trials:
         job = jobs.get(t.job_id) if t.job_id is not None else None
         result = results.get(t.job_id) if t.job_id is not None else None
-        values = optuna_storage.get_trial(t.twin_id).intermediate_values if t.twin_id is not None else {}
-        if result is not None and metric is None:
-            metric = _primary_of(result.metrics, job)
+        values = twins[t.id].intermediate_values if t.id in twins else {}
         state = t.state if t.state != "RUNNING" or job is None else job.status
         views.append(TrialView(
             number=t.number, state=state, setting=t.setting, job_id=t.job_id,
@@ -736,11 +742,6 @@ def study_view(study_id: int) -> StudyView:
         objectives=list(study.objectives), pruner=study.pruner, tolerance=study.tolerance, n_trials=study.n_trials,
         base=study.base_spec, metric=metric, trials=views, settings=settings,
         recommendation=recommend(settings, study.tolerance, cost), created_at=study.created_at.isoformat() + "Z")
-
-
-def _primary_of(metrics: dict[str, Any], job: Job | None) -> str | None:
-    names = [k for k in metrics if not k.startswith("gen_")]
-    return names[0] if names else next(iter(metrics), None)
 
 
 def aggregate(trials: Iterable[TrialView]) -> list[SettingView]:
