@@ -117,8 +117,9 @@ def _serving_note(s: dict[str, Any], check: dict[str, Any]) -> str:
             "queries and answers them with every prompt: batched in one mixed batch (each row its own prompt, "
             "core.serving), sequential through our single-prompt path one prompt after another, PEFT with one "
             "adapter per prompt, `set_adapter` and a forward each. ms per query: the whole pass over the inputs "
-            "divided by their number; answers/s counts query-prompt pairs. Ratios are over the sequential row and "
-            "the PEFT row at the same queries per call (below 1: less time). Answers batched = sequential: "
+            "divided by their number (answers_per_s in the CSV counts query-prompt pairs). Ratios are over the "
+            "sequential row and the PEFT row at the same queries per call (below 1: less time). Answers batched = "
+            "sequential: "
             f"{check.get('answers_equal')}, label scores differ by at most {check.get('max_score_diff') or 0:.1e} "
             f"(PEFT's: {check.get('peft_max_score_diff') or 0:.1e}).")
 
