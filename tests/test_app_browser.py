@@ -224,6 +224,13 @@ def test_upload_launch_and_watch_a_job_succeed_with_its_curve(page: Any, server:
     page.locator("#download-artifact").click()
     page.locator("#download").get_by_text(f"lamp-job-{job_id}").filter(visible=True).first.wait_for()
     shot(page, "jobs")
+    # Inside the prompt: computed on demand for the followed job.
+    page.locator("#inside-prompt").get_by_text("Inside the prompt").first.click()
+    page.locator("#inspect").click()
+    page.locator("#inspect-heatmap .js-plotly-plot").wait_for(timeout=120_000)
+    page.locator("#inspect-tokens").get_by_text(re.compile(r"\w")).first.wait_for()
+    assert page.locator("#inspect-q .js-plotly-plot").count() == 1
+    shot(page, "inside-prompt")
 
 
 def test_compare_two_jobs(page: Any, tiny_llama_dir: Path) -> None:
@@ -281,7 +288,11 @@ def test_a_study_sweeps_the_knobs_and_draws_its_pareto_charts(page: Any, server:
     started = time.monotonic()
     page.locator("#launch-study").click()
     launched = page.locator("#study-launched").get_by_text(re.compile(r"Study #\d+ launched"))
-    launched.wait_for()
+    try:
+        launched.wait_for(timeout=90_000)  # the first study creates Optuna's database (its schema and migrations)
+    except Exception:
+        shot(page, "study-launch-failed")
+        raise
     study_id = int(re.search(r"#(\d+)", launched.inner_text()).group(1))  # type: ignore[union-attr]
     summary = page.locator("#study-summary")
     summary.get_by_text(re.compile(r"· DONE ·")).filter(visible=True).first.wait_for(timeout=JOB_TIMEOUT_MS * 2)

@@ -243,7 +243,7 @@ def test_cancel_and_retry(store_env: Path, tiny_llama_dir: Path, sentiment_csv: 
     job = read(store.get_job, job_id=new_id)
     old = read(store.get_job, job_id=job_id)
     assert job is not None and old is not None and job.status == Status.QUEUED and job.spec == old.spec
-    with pytest.raises(ConfigError, match="only a failed or cancelled job"):
+    with pytest.raises(ConfigError, match="only a failed, cancelled or pruned job"):
         monitor.retry_job(new_id)
     with pytest.raises(Exception, match="has not succeeded"):
         monitor.artifact_zip(new_id)
