@@ -286,6 +286,7 @@ def test_a_study_sweeps_the_knobs_and_draws_its_pareto_charts(page: Any, server:
     page.locator("#study-plan").get_by_text(re.compile(r"a grid of 4 distinct runs")).filter(visible=True).first \
         .wait_for()
     started = time.monotonic()
+    page.keyboard.press("Escape")  # no dropdown left open over the button
     page.locator("#launch-study").click()
     launched = page.locator("#study-launched").get_by_text(re.compile(r"Study #\d+ launched"))
     try:
