@@ -319,6 +319,10 @@ def test_a_study_sweeps_the_knobs_and_draws_its_pareto_charts(page: Any, server:
     job_page = opened.value
     job_page.locator("#job-details").get_by_text(f"Job {job_id}: SUCCEEDED").filter(visible=True).first.wait_for()
     assert f"of study #{study_id} " in job_page.locator("#job-details").inner_text()
+    job_page.goto(server.url + "?study=999")  # a stale address opens the tab with no study picked, no error
+    job_page.locator("#study-summary").get_by_text("Pick a study").filter(visible=True).first.wait_for()
+    time.sleep(4)  # past a refresh of the tab
+    assert job_page.locator(".toast-body").count() == 0
     job_page.close()
 
 

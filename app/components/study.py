@@ -14,7 +14,7 @@ from app.forms import FormError
 from core.errors import ConfigError
 from core.methods import METHODS
 from core.tasks import BUILTIN_TASKS
-from jobs.studies import COST_LABELS, COSTS, advance, cancel_study, relaunch, study_view
+from jobs.studies import COST_LABELS, COSTS, StudyNotFound, advance, cancel_study, relaunch, study_view
 
 POLL_SECONDS = 3.0
 INFO = {
@@ -157,8 +157,15 @@ def build() -> StudyTab:
         sid = int(study) if study not in (None, "") else None
         if sid is None:
             return [gr.skip()] * (len(outputs) - 1) + [None]
-        advance(sid)  # tell finished trials even when no worker is running in this process
-        view = study_view(sid)
+        try:
+            advance(sid)  # tell finished trials even when no worker is running in this process
+            view = study_view(sid)
+        except StudyNotFound:
+            missing = ("missing", sid)
+            if last == missing:
+                return [gr.skip()] * len(outputs)
+            return [f"No study {sid}; pick one from the list.", "", *[None] * len(plots), None, None, None,
+                    gr.update(interactive=False), gr.update(interactive=False), missing]
         signature = (sid, view.status, tuple((t.number, t.state, t.step, t.accuracy) for t in view.trials))
         if signature == last:
             return [gr.skip()] * len(outputs)
@@ -205,8 +212,9 @@ def build() -> StudyTab:
 def study_from_url(request: gr.Request | None) -> Any:
     """`?study=N` in the address: the study to open, with the list of studies."""
     raw = dict(request.query_params).get("study") if request is not None else None
+    choices = handlers.study_choices()
     value = int(raw) if raw and str(raw).isdigit() else None
-    return gr.update(choices=handlers.study_choices(), value=value)
+    return gr.update(choices=choices, value=value if value in [c[1] for c in choices] else None)
 
 
 
