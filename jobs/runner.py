@@ -200,10 +200,9 @@ def _conclude(job_id: int, attempt: int, message: Any, reason: str | None, exitc
     if kind == "done":
         ok = transact(store.finish_job, **common, status=Status.SUCCEEDED, result=payload)
         return Status.SUCCEEDED if ok else None
-    if kind == "error":
-        return Status.FAILED if transact(store.finish_job, **common, status=Status.FAILED, error=payload) else None
-    if kind == "pruned":
-        return Status.PRUNED if transact(store.finish_job, **common, status=Status.PRUNED, error=payload) else None
+    ended = {"error": Status.FAILED, "pruned": Status.PRUNED}.get(kind or "")
+    if ended is not None:
+        return ended if transact(store.finish_job, **common, status=ended, error=payload) else None
     job = read(store.get_job, job_id=job_id)
     if reason == "cancel" or (job is not None and job.cancel_requested):
         step = job.step if job is not None else "?"

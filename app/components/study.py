@@ -178,6 +178,10 @@ def build() -> StudyTab:
     outputs = [summary, recommendation, *plots, settings_table, trials_table, csv, cancel, relaunch_btn, seen]
 
     def tick(study: Any, last: Any, request: gr.Request) -> list[Any]:
+        # A finished study no longer changes: no store or Optuna reads every 3 s for it.
+        if (isinstance(last, tuple) and last[1] in ("DONE", "CANCELLED") and study not in (None, "")
+                and last[0] == int(study) and not any(t[1] in ("QUEUED", "RUNNING") for t in last[2])):
+            return [gr.skip()] * len(outputs)
         return show(study, last, request)
 
     def show_now(study: Any, request: gr.Request) -> list[Any]:
