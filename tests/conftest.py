@@ -29,6 +29,15 @@ def default_dir(lamp_home: Path) -> Path:
     return default_model_dir()
 
 
+@pytest.fixture(scope="session")
+def gemma_dir(lamp_home: Path) -> Path:
+    """The second offline family, Gemma 3 270M (base), converted into LAMP_HOME from its GGUF parts (about a minute
+    the first time)."""
+    from core.backbone import offline_model_dir
+
+    return offline_model_dir("gemma3-270m")
+
+
 def _save_tiny(model: torch.nn.Module, tokenizer_dir: Path, out: Path) -> Path:
     from transformers import AutoTokenizer
 
