@@ -54,6 +54,11 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=float, default=None)
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--lr", type=float, default=None, help="default: the method's measured default (README)")
+    g.add_argument("--lr-scaling", default=None, choices=["absolute", "relative"],
+                   help="relative: each trainable tensor's rate is --lr times its starting RMS (README)")
+    g.add_argument("--prompt-init", default=None, choices=["vocab", "text"],
+                   help="start from sampled common tokens (vocab) or from a text's tokens (text)")
+    g.add_argument("--prompt-init-text", default=None, help="the text of --prompt-init text (default: from the task)")
     g.add_argument("--weight-decay", type=float, default=1e-5)
     g.add_argument("--warmup-steps", type=int, default=0)
     g.add_argument("--grad-clip", type=float, default=1.0)
@@ -83,10 +88,17 @@ def spec_from_args(a: argparse.Namespace) -> RunSpec:
                           weight_decay=a.weight_decay, warmup_steps=a.warmup_steps, grad_clip=a.grad_clip,
                           max_length=a.max_length, eval_every=a.eval_every, checkpoint_every=a.checkpoint_every,
                           seed=a.seed, init_from=a.init_from, device=a.device, threads=a.threads,
-                          generate_eval=not a.no_generate_eval),
+                          generate_eval=not a.no_generate_eval,
+                          **_given(prompt_init=a.prompt_init, prompt_init_text=a.prompt_init_text,
+                                   lr_scaling=a.lr_scaling)),
     )
     validate_spec(spec)
     return spec
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The flags that were given (None: the setting's own default in core.spec)."""
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def default_out_dir(spec: RunSpec) -> Path:

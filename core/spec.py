@@ -16,6 +16,8 @@ from core.methods import LampConfig, MethodConfig, method_from_dict, method_to_d
 Dtype = Literal["float32", "bfloat16", "float16"]
 Quantize = Literal["none", "4bit"]
 TaskKind = Literal["auto", "classification", "generation"]
+PromptInit = Literal["vocab", "text"]
+LrScaling = Literal["absolute", "relative"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,19 @@ class TrainConfig:
     """Warm start (prompt transfer): the artifact directory of a finished run whose prompt C (before pooling) this
     run starts from, on a backbone of the same hidden size and with the same length l. None: a fresh prompt from
     the vocabulary (LAMP, prompt tuning) or random factors (DPT)."""
+    prompt_init: PromptInit = "vocab"
+    """Where a fresh prompt P starts: `vocab`, the embeddings of l tokens sampled from the 5,000 most common ones
+    (the paper's init; DPT: random factors); `text`, the embeddings of `prompt_init_text`'s tokens, each repeated p
+    times (the method's pool) and tiled to l, so that the pooled prompt reads the text; LAMP and DPT start at the
+    best rank-r approximation of that P."""
+    prompt_init_text: str | None = None
+    """The text of `prompt_init=text`; None: an instruction built from the task (its answer cue and label words,
+    e.g. `Classify the sentiment: negative or positive.`)."""
+    lr_scaling: LrScaling = "absolute"
+    """`absolute`: every trainable tensor takes `lr`. `relative`: each tensor takes `lr` times the RMS of its
+    starting values, so `lr` is the fraction of its own size a tensor moves per step, whatever the backbone's
+    embedding scale and however a method splits its prompt into factors (LAMP's U, Q and V start at sizes tens of
+    times apart)."""
     device: str = "auto"
     """`auto` (CUDA if present, else CPU), `cpu`, `cuda`, `cuda:N`."""
     threads: int | None = None
@@ -176,6 +191,14 @@ def validate_spec(spec: RunSpec) -> None:
         issues.append(f"device={t.device!r}: choose auto, cpu, cuda or cuda:N")
     if m.quantize == "4bit" and t.device == "cpu":
         issues.append("quantize=4bit needs a CUDA device (bitsandbytes NF4); drop --quantize or use --device cuda")
+    if t.prompt_init not in ("vocab", "text"):
+        issues.append(f"prompt_init={t.prompt_init!r}: choose vocab or text")
+    if t.prompt_init_text is not None and not t.prompt_init_text.strip():
+        issues.append("prompt_init_text: empty; give a text or leave it out for one built from the task")
+    if t.prompt_init == "text" and t.init_from is not None:
+        issues.append("prompt_init=text and init_from both choose the starting prompt; give one")
+    if t.lr_scaling not in ("absolute", "relative"):
+        issues.append(f"lr_scaling={t.lr_scaling!r}: choose absolute or relative")
     if t.threads is not None and t.threads < 1:
         issues.append(f"threads={t.threads}: must be at least 1")
     if t.init_from is not None:

@@ -25,7 +25,7 @@ from core.methods import build_prompt
 from core.scoring import loss_fn
 from core.spec import DEFAULT_STEPS, DataConfig, RunSpec, spec_from_dict, spec_to_dict, validate_spec
 from core.tasks import TaskData, load_builtin_task, load_user_task
-from core.vocab import common_token_ids
+from core.vocab import common_token_ids, task_instruction, text_start_ids
 from core.warm_start import check_width, load_warm_source
 
 CHECKPOINT = "checkpoint.pt"
@@ -79,6 +79,32 @@ def lr_at(step: int, base: float, warmup: int, total: int) -> float:
 
 def _trainable(prompt: nn.Module) -> list[nn.Parameter]:
     return [p for p in prompt.parameters() if p.requires_grad]
+
+
+def param_groups(prompt: nn.Module, lr: float, scaling: str, start: dict[str, torch.Tensor],
+                 fallback_rms: float) -> list[dict[str, Any]]:
+    """One AdamW group per trainable tensor, each with its own peak rate `base_lr` (the schedule scales it).
+
+    `absolute`: every tensor takes `lr`. `relative`: `lr` times the RMS of the tensor's starting value (`start`,
+    the module's state at initialisation, so a resumed run computes the same rates); Adam moves every entry by about
+    its rate per step, so this moves each tensor by the same fraction of its own size. A tensor that starts at
+    zero takes `fallback_rms` (the backbone's embedding RMS) as its size."""
+    if scaling != "relative":  # one group, as checkpoints written before per-tensor rates hold
+        return [{"params": _trainable(prompt), "lr": lr, "base_lr": lr}]
+    groups = []
+    for name, param in prompt.named_parameters():
+        if param.requires_grad:
+            rms = start[name].detach().float().pow(2).mean().sqrt().item()
+            rate = lr * (rms if rms > 0 else fallback_rms)
+            groups.append({"params": [param], "lr": rate, "base_lr": rate, "name": name})
+    return groups
+
+
+def set_lr(optimizer: torch.optim.Optimizer, step: int, warmup: int, total: int, lr: float) -> None:
+    """Each group's rate at `step` of the schedule: lr_at over the group's own peak rate (`lr` for a group restored
+    from a checkpoint that predates per-group rates)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, group.get("base_lr", lr), warmup, total)
 
 
 def optimizer_step(loss: torch.Tensor, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
@@ -157,8 +183,13 @@ def fit(
     warm = load_warm_source(t.init_from) if t.init_from is not None else None
     if warm is not None:
         check_width(warm, backbone.hidden_size)
+    start_ids = None
+    if t.prompt_init == "text":
+        text = t.prompt_init_text or task_instruction(task.answer_cue, task.label_words)
+        start_ids = text_start_ids(backbone.tokenizer, text, spec.method.length, getattr(spec.method, "pool", 1))
     prompt, init_ids = build_prompt(spec.method, table, common, torch.Generator().manual_seed(t.seed),
-                                    warm=warm.dense if warm is not None else None)
+                                    warm=warm.dense if warm is not None else None, start_ids=start_ids)
+    embedding_rms = table[torch.tensor(common)].pow(2).mean().sqrt().item()
     del table
     origin: dict[str, Any] | None = None
     if warm is not None:
@@ -177,7 +208,8 @@ def fit(
     encoded: list[Encoded] = codec.encode_many([(e.source, e.target) for e in train_examples])
     lengths = [len(e.source) + len(e.target) for e in encoded]
     steps = total_steps(spec, len(encoded))
-    optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=t.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(prompt, spec.lr, t.lr_scaling, init_params, embedding_rms),
+                                  weight_decay=t.weight_decay)
 
     step, epoch, position, best_step = 0, 0, 0, 0
     best_value: float | None = None
@@ -242,8 +274,7 @@ def fit(
             idx = batches[position]
             tick = time.perf_counter()
             lr = lr_at(step, spec.lr, t.warmup_steps, steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            set_lr(optimizer, step, t.warmup_steps, steps, spec.lr)
             batch = collate([encoded[i] for i in idx], backbone.family, backbone.tokenizer.pad_token_id, device)
             loss = loss_fn(backbone, prompt(), batch)
             if not torch.isfinite(loss):

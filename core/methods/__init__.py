@@ -68,16 +68,21 @@ PromptModule = LampPrompt | SoftPrompt | DptPrompt
 
 def build_prompt(
     config: MethodConfig, embeddings: torch.Tensor, common_ids: list[int], generator: torch.Generator,
-    warm: torch.Tensor | None = None,
+    warm: torch.Tensor | None = None, start_ids: list[int] | None = None,
 ) -> tuple[PromptModule, list[int]]:
     """The method's prompt module for a backbone whose input embedding table is `embeddings` (vocab, d).
 
     `warm` (l, d), another run's prompt C before pooling, replaces the vocabulary sample (a warm start): LAMP and
-    DPT start at its best rank-r approximation, prompt tuning at a copy. Returns the module and the vocabulary ids
-    its initial prompt was drawn from (empty for DPT's random init and for a warm start).
+    DPT start at its best rank-r approximation, prompt tuning at a copy. `start_ids` (l token ids, e.g. a text's:
+    core.vocab.text_start_ids) start from those tokens' embeddings the same way. Returns the module and the
+    vocabulary ids its initial prompt was drawn from (empty for DPT's random init and for a warm start).
     """
     hidden = embeddings.shape[1]
     config.check_hidden_size(hidden)
+    if start_ids is not None:
+        if len(start_ids) != config.length:
+            raise ConfigError(f"start_ids: {len(start_ids)} tokens for a prompt of length {config.length}")
+        return _warm_prompt(config, embeddings.detach()[torch.tensor(start_ids)].float()), list(start_ids)
     if warm is not None:
         if tuple(warm.shape) != (config.length, hidden):
             raise ConfigError(f"init_from: the source prompt is {tuple(warm.shape)}, this run needs "
