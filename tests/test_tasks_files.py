@@ -184,3 +184,68 @@ def test_config_errors(tmp_path: Path) -> None:
         load_user_task(data, template="no fields here")
     with pytest.raises(ConfigError, match="not a valid format string"):
         load_user_task(data, template="{text")
+
+
+# ---- limits: every one fails fast, naming the file and the limit ----
+
+def test_a_parquet_file_with_too_many_rows_is_refused_from_its_metadata(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from core.tasks.reading import Limits, Reader
+
+    path = tmp_path / "bomb.parquet"  # 2M rows of repeated text: a few KB on disk
+    pq.write_table(pa.table({"text": ["same words"] * 2_000_000, "label": ["a", "b"] * 1_000_000}), path)
+    assert path.stat().st_size < 200_000
+    reader = Reader(path, Limits(max_rows=1_000_000))
+    with pytest.raises(DataError, match=r"bomb\.parquet: 2,000,000 rows, more than the limit of 1,000,000"):
+        next(iter(reader))
+    assert reader.count == 0  # refused before a single row was decoded
+    _error(r"more than 10 data rows", _csv(tmp_path / "many.csv", _reviews(11)), limits=Limits(max_rows=10))
+
+
+def test_long_cells_and_too_much_text_are_refused(tmp_path: Path) -> None:
+    from core.tasks.reading import Limits
+
+    long = _csv(tmp_path / "long.csv", "text,label\nshort,a\n" + "x" * 30_000 + ",b\n")
+    # csv's own field limit (process-wide: it may be higher) or the reader's check, whichever sees it first
+    _error(r"long\.csv: (line 3|row 2, column 'text'): a cell of (more than 20,000|30,000) characters", long)
+    rows = [{"text": "t", "label": "y" * 300} for _ in range(4)]
+    _error(r"row 1, column 'label': a cell of 300 characters, more than the limit of 200",
+           _jsonl(tmp_path / "l.jsonl", rows), limits=Limits(max_cell_chars=200))
+    _error(r"more than 500 characters of text in all", _csv(tmp_path / "t.csv", _reviews(40)),
+           limits=Limits(max_text_chars=500))
+    path = tmp_path / "array.json"
+    path.write_text(json.dumps([{"text": "a" * 100, "label": "b"}] * 20), encoding="utf-8")
+    _error(r"a JSON array of 0\.0 MiB is read whole.*save it as JSON Lines", str(path),
+           limits=Limits(max_json_array_bytes=1000))
+
+
+def test_classification_has_a_label_cap(tmp_path: Path) -> None:
+    rows = "".join(f"review {i},label{i % 150}\n" for i in range(600))
+    data = _csv(tmp_path / "labels.csv", "text,label\n" + rows)
+    _error(r"labels\.csv: column 'label' has more than 100 distinct labels.*kind='generation'", data,
+           kind="classification")
+    assert load_user_task(data).label_words is None  # auto: so many labels are free text
+
+
+def test_the_label_column_cannot_be_part_of_the_input(tmp_path: Path) -> None:
+    data = _csv(tmp_path / "d.csv", _reviews(10))
+    with pytest.raises(ConfigError, match=r"label_column='text': it is also the text column"):
+        load_user_task(data, text_column="text", label_column="text")
+    with pytest.raises(ConfigError, match=r"label_column='label': the template '\{text\} \{label\}' uses it"):
+        load_user_task(data, template="{text} {label}")
+
+
+def test_the_streaming_check_says_what_loading_would(tmp_path: Path) -> None:
+    from core.tasks.files import check_user_files
+
+    train = _csv(tmp_path / "train.csv", _reviews(10))
+    assert check_user_files(train).label_words == ("neg", "pos") == load_user_task(train).label_words
+    assert check_user_files(train, kind="generation").label_words is None
+    assert check_user_files(train).rows == 10
+    dev = _csv(tmp_path / "dev.csv", "text,label\na,pos\nb,meh\n")
+    with pytest.raises(DataError, match=r"row 2: label 'meh' in column 'label' is not one of the training labels"):
+        check_user_files(train, dev, kind="classification")
+    with pytest.raises(DataError, match=r"no 'text' column"):
+        check_user_files(_csv(tmp_path / "r.csv", "review,stars\ngood,5\n"))

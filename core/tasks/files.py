@@ -8,24 +8,24 @@ header is row 1) and the column; row-level problems are collected and reported t
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import random
 import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from core.errors import ConfigError, DataError
 from core.tasks.base import Example, TaskData
+from core.tasks.reading import FORMATS, Limits, Problems, Reader
 
-FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
+__all__ = ["FORMATS", "MAX_CLASSES", "MAX_LABELS", "Columns", "FileCheck", "Limits", "Table", "check_user_files",
+           "load_user_task", "read_table"]
+
 MAX_CLASSES = 20
 """In kind="auto", a label column with more distinct values than this is free text (generation)."""
-MAX_PROBLEMS = 5
-"""Row-level problems listed in one error; the rest are counted."""
+MAX_LABELS = 100
+"""kind="classification" scores every label word for every example: more labels than this is refused."""
 VALIDATION_SHARE, MAX_VALIDATION = 0.1, 1_000
 
 
@@ -40,167 +40,20 @@ class Table:
     """E.g. "row 3", or "row 3 (line 5)" where the line differs (JSON Lines with blank lines)."""
 
 
-class _Problems:
-    """Collects row-level problems so that one error lists several of them."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.items: list[str] = []
-        self.count = 0
-
-    def add(self, message: str) -> None:
-        self.count += 1
-        if len(self.items) < MAX_PROBLEMS:
-            self.items.append(message)
-
-    def raise_if_any(self) -> None:
-        if not self.count:
-            return
-        more = f"\n  ... and {self.count - len(self.items)} more" if self.count > len(self.items) else ""
-        raise DataError(f"{self.path}: {self.count} problem(s):\n  " + "\n  ".join(self.items) + more)
-
-
-def _cell(value: Any) -> str:
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()  # numpy scalars
-    if value is None or (isinstance(value, float) and value != value):  # null or NaN
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))  # an integer column with nulls comes back as floats: 1.0 -> "1"
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False)
-    return str(value)
-
-
-def _decode(path: Path, data: bytes) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise DataError(
-            f"{path}: not UTF-8 text: byte 0x{data[exc.start]:02x} at byte offset {exc.start} (line {line}); "
-            "the file must be UTF-8 encoded: re-save it as UTF-8"
-        ) from exc
-
-
-def _read_delimited(path: Path, text: str, delimiter: str) -> Table:
-    csv.field_size_limit(max(csv.field_size_limit(), len(text)))  # long passages exceed the 128 KiB default
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    try:
-        header = next(reader, None)
-        if not header or not any(h.strip() for h in header):
-            raise DataError(f"{path}: no header row: the first line must name the columns")
-        duplicated = sorted({h for h in header if header.count(h) > 1})
-        if duplicated:
-            raise DataError(f"{path}: column name(s) used twice in the header: {', '.join(duplicated)}")
-        rows: list[dict[str, str]] = []
-        where: list[str] = []
-        problems = _Problems(path)
-        for cells in reader:
-            if not any(c.strip() for c in cells):
-                continue  # blank line
-            n = len(rows) + 1
-            if len(cells) > len(header):
-                problems.add(f"row {n} (line {reader.line_num}): {len(cells)} fields, the header has {len(header)}")
-            rows.append(dict(zip(header, cells + [""] * (len(header) - len(cells)), strict=False)))
-            where.append(f"row {n}")
-    except csv.Error as exc:
-        raise DataError(f"{path}: malformed {path.suffix[1:].upper()} at line {reader.line_num}: {exc}") from exc
-    problems.raise_if_any()
-    return Table(path, tuple(header), rows, where)
-
-
-def _object_rows(path: Path, items: list[tuple[Any, str]], problems: _Problems) -> Table:
-    columns: dict[str, None] = {}
+def read_table(file: str, *, max_bytes: int = 200 * 2**20, limits: Limits | None = None) -> Table:
+    """Read a user's file whole into text cells; DataError names the file and what is wrong."""
+    reader = Reader(file, limits or Limits(max_bytes=max_bytes))
     rows, where = [], []
-    for item, place in items:
-        if not isinstance(item, dict):
-            problems.add(f'{place}: expected a JSON object such as {{"text": ..., "label": ...}}, got {item!r:.40}')
-            continue
-        columns.update(dict.fromkeys(map(str, item)))
-        rows.append({str(k): _cell(v) for k, v in item.items()})
+    for place, row in reader:
+        rows.append(row)
         where.append(place)
-    problems.raise_if_any()
-    return Table(path, tuple(columns), rows, where)
+    return Table(reader.path, tuple(reader.columns), rows, where)
 
 
-def _read_json_lines(path: Path, text: str) -> Table:
-    items: list[tuple[Any, str]] = []
-    problems = _Problems(path)
-    # Split on "\n" only: str.splitlines() also breaks at U+2028, which JSON allows inside strings.
-    for line_no, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        n = len(items) + 1
-        place = f"row {n}" if n == line_no else f"row {n} (line {line_no})"
-        try:
-            items.append((json.loads(line), place))
-        except json.JSONDecodeError as exc:
-            problems.add(f"{place}: malformed JSON: {exc.msg} at column {exc.colno}")
-            items.append((None, place))
-    problems.raise_if_any()
-    return _object_rows(path, items, problems)
-
-
-def _read_json(path: Path, text: str) -> Table:
-    if not text.lstrip().startswith("["):
-        return _read_json_lines(path, text)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
-    return _object_rows(path, [(item, f"row {i}") for i, item in enumerate(data, start=1)], _Problems(path))
-
-
-def _read_parquet(path: Path) -> Table:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"{path}: not a readable Parquet file: {exc}") from exc
-    rows = [{k: _cell(v) for k, v in row.items()} for row in table.to_pylist()]
-    return Table(path, tuple(table.column_names), rows, [f"row {i}" for i in range(1, len(rows) + 1)])
-
-
-def read_table(file: str, *, max_bytes: int = 200 * 2**20) -> Table:
-    """Read a user's file into text cells; DataError names the file and what is wrong."""
-    path = Path(file)
-    kind = FORMATS.get(path.suffix.lower())
-    if kind is None:
-        raise DataError(f"{path}: unknown file type {path.suffix!r}; use one of {', '.join(FORMATS)}")
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise DataError(
-            f"{path}: file is {size:,} bytes ({size / 2**20:.1f} MiB), larger than the limit of {max_bytes:,} bytes "
-            f"({max_bytes / 2**20:.1f} MiB)"
-        )
-    if size == 0:
-        raise DataError(f"{path}: file is empty")
-    if kind == "parquet":
-        table = _read_parquet(path)
-    else:
-        text = _decode(path, path.read_bytes())
-        if kind in ("json", "jsonl"):
-            table = _read_json(path, text)
-        else:
-            table = _read_delimited(path, text, "," if kind == "csv" else "\t")
-    if not table.rows:
-        raise DataError(f"{path}: no data rows")
-    return table
-
-
-def _require_columns(table: Table, names: Sequence[str], role: str) -> None:
-    missing = [n for n in names if n not in table.columns]
+def _require_columns(path: Path, columns: Sequence[str], names: Sequence[str], role: str) -> None:
+    missing = [n for n in names if n not in columns]
     if missing:
-        raise DataError(
-            f"{table.path}: no column {', '.join(map(repr, missing))} ({role}); columns: {', '.join(table.columns)}"
-        )
+        raise DataError(f"{path}: no column {', '.join(map(repr, missing))} ({role}); columns: {', '.join(columns)}")
 
 
 def _template_columns(template: str) -> list[str]:
@@ -211,18 +64,6 @@ def _template_columns(template: str) -> list[str]:
     if not fields or any(not f or f.isdigit() for f in fields):
         raise ConfigError(f"template {template!r} must name columns in braces, e.g. 'question: {{question}}'")
     return list(dict.fromkeys(fields))
-
-
-def _input_columns(table: Table, text_column: str | None, template: str | None) -> list[str]:
-    if template is not None:
-        return _template_columns(template)
-    if text_column is not None:
-        return [text_column]
-    if "text" in table.columns:
-        return ["text"]
-    raise DataError(
-        f"{table.path}: no 'text' column; pass text_column or template. Columns: {', '.join(table.columns)}"
-    )
 
 
 def _renderer(template: str | None, columns: list[str]) -> Callable[[dict[str, str]], str]:
@@ -238,21 +79,73 @@ def _renderer(template: str | None, columns: list[str]) -> Callable[[dict[str, s
     return render
 
 
-def _pairs(
-    table: Table, inputs: list[str], label: str, render: Callable[[dict[str, str]], str]
-) -> list[tuple[str, str, str]]:
-    """(where, source, target) per row; empty inputs or labels are collected and raised together."""
-    problems, pairs = _Problems(table.path), []
-    for row, where in zip(table.rows, table.where, strict=True):
-        row = {c: row.get(c, "") for c in table.columns}
-        if all(not row[c].strip() for c in inputs):
-            kind = "column" if len(inputs) == 1 else "columns (all)"
-            problems.add(f"{where}: empty {kind} {', '.join(map(repr, inputs))}")
-        if not row[label].strip():
-            problems.add(f"{where}: empty label in column {label!r}")
-        pairs.append((where, render(row), row[label].strip()))
-    problems.raise_if_any()
-    return pairs
+@dataclass(frozen=True)
+class Columns:
+    """Which columns make the input and which the answer, checked before any file is read."""
+
+    inputs: list[str]
+    label: str
+    template: str | None
+    text_given: bool
+
+    @classmethod
+    def of(cls, text_column: str | None, label_column: str | None, template: str | None, kind: str) -> Columns:
+        if text_column is not None and template is not None:
+            raise ConfigError("give either text_column or template, not both")
+        if kind not in ("auto", "classification", "generation"):
+            raise ConfigError(f"kind {kind!r} must be 'auto', 'classification' or 'generation'")
+        inputs = _template_columns(template) if template is not None else [text_column or "text"]
+        label = label_column or "label"
+        if label in inputs:
+            where = f"the template {template!r} uses it" if template is not None else "it is also the text column"
+            raise ConfigError(f"label_column={label!r}: {where}, so the model would read its own answer; pick a "
+                              "label column that is not part of the input")
+        return cls(inputs, label, template, text_column is not None or template is not None)
+
+
+class _Pass:
+    """One pass over a file's rows: each row's (where, input, answer) when `keep`, the row problems, and the
+    distinct answers (counted up to MAX_LABELS + 1)."""
+
+    def __init__(self, file: str, columns: Columns, limits: Limits, keep: bool) -> None:
+        self.reader = Reader(file, limits)
+        self.path = self.reader.path
+        self.columns, self.keep = columns, keep
+        self.render = _renderer(columns.template, columns.inputs)
+        self.problems = Problems(self.path)
+        self.pairs: list[tuple[str, str, str]] = []
+        self.labels: set[str] = set()
+        self.rows = 0
+
+    def run(self, check: Callable[[str, str], None] | None = None) -> _Pass:
+        inputs, label = self.columns.inputs, self.columns.label
+        for where, row in self.reader:
+            values = {c: row.get(c, "") for c in inputs}
+            if all(not v.strip() for v in values.values()):
+                kind = "column" if len(inputs) == 1 else "columns (all)"
+                self.problems.add(f"{where}: empty {kind} {', '.join(map(repr, inputs))}")
+            target = row.get(label, "").strip()
+            if not target:
+                self.problems.add(f"{where}: empty label in column {label!r}")
+            source = self.render(values)
+            if check is not None:
+                check(where, target)
+            if self.keep:
+                self.pairs.append((where, source, target))
+            if len(self.labels) <= MAX_LABELS:
+                self.labels.add(target)
+            self.rows += 1
+        self._check_columns(tuple(self.reader.columns))
+        self.problems.raise_if_any()
+        return self
+
+    def _check_columns(self, found: tuple[str, ...]) -> None:
+        c = self.columns
+        if not c.text_given and "text" not in found:
+            raise DataError(f"{self.path}: no 'text' column; pass text_column or template. Columns: "
+                            f"{', '.join(found)}")
+        _require_columns(self.path, found, c.inputs, "named by the template" if c.template else "text")
+        _require_columns(self.path, found, [c.label], "label; pass label_column")
 
 
 def _sorted_labels(labels: set[str]) -> tuple[str, ...]:
@@ -261,25 +154,65 @@ def _sorted_labels(labels: set[str]) -> tuple[str, ...]:
     return tuple(sorted(labels))
 
 
-def _is_classification(kind: str, labels: list[str]) -> bool:
-    distinct = len(set(labels))
-    return kind == "classification" or (kind == "auto" and distinct <= MAX_CLASSES and distinct < len(labels) / 2)
+def _label_words(kind: str, train: _Pass) -> tuple[str, ...] | None:
+    """The sorted label words for a classification task, None for generation; DataError for one class only or
+    more than MAX_LABELS."""
+    distinct, label = len(train.labels), train.columns.label
+    auto = kind == "auto" and distinct <= MAX_CLASSES and distinct < train.rows / 2
+    if kind != "classification" and not auto:
+        return None
+    if distinct > MAX_LABELS:
+        raise DataError(f"{train.path}: column {label!r} has more than {MAX_LABELS} distinct labels; classification "
+                        "scores every label for every example, so that many would take hours per evaluation: use "
+                        "kind='generation', or merge labels")
+    if distinct < 2:
+        raise DataError(
+            f"{train.path}: column {label!r} has one class only ({next(iter(train.labels))!r}); classification "
+            "needs two or more (or use kind='generation')"
+        )
+    return _sorted_labels(train.labels)
 
 
-def _examples(
-    pairs: list[tuple[str, str, str]], label_words: tuple[str, ...] | None, path: Path, label: str
-) -> list[Example]:
-    if label_words is None:
+def _known_label(problems: Problems, words: tuple[str, ...], label: str) -> Callable[[str, str], None]:
+    def check(where: str, target: str) -> None:
+        if target and target not in words:
+            problems.add(f"{where}: label {target!r} in column {label!r} is not one of the training labels "
+                         f"({', '.join(words)})")
+
+    return check
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """What `check_user_files` found, without keeping the rows."""
+
+    rows: int
+    eval_rows: int | None
+    label_words: tuple[str, ...] | None
+
+
+def check_user_files(
+    train_file: str, eval_file: str | None = None, *, text_column: str | None = None,
+    label_column: str | None = None, template: str | None = None,
+    kind: Literal["auto", "classification", "generation"] = "auto", limits: Limits | None = None,
+) -> FileCheck:
+    """Every check `load_user_task` makes, in one streaming pass per file (memory does not grow with the file)."""
+    columns = Columns.of(text_column, label_column, template, kind)
+    limits = limits or Limits()
+    train = _Pass(train_file, columns, limits, keep=False).run()
+    words = _label_words(kind, train)
+    evaluated = None
+    if eval_file:
+        held = _Pass(eval_file, columns, limits, keep=False)
+        held.run(_known_label(held.problems, words, columns.label) if words else None)
+        evaluated = held.rows
+    return FileCheck(train.rows, evaluated, words)
+
+
+def _examples(pairs: list[tuple[str, str, str]], words: tuple[str, ...] | None) -> list[Example]:
+    if words is None:
         return [Example(source=source, target=target) for _, source, target in pairs]
-    problems, examples = _Problems(path), []
-    for where, source, target in pairs:
-        if target not in label_words:
-            known = ", ".join(label_words)
-            problems.add(f"{where}: label {target!r} in column {label!r} is not one of the training labels ({known})")
-            continue
-        examples.append(Example(source=source, target=target, label=label_words.index(target)))
-    problems.raise_if_any()
-    return examples
+    return [Example(source=source, target=target, label=words.index(target)) for _, source, target in pairs]
 
 
 def load_user_task(
@@ -293,41 +226,27 @@ def load_user_task(
     seed: int = 42,
     max_bytes: int = 200 * 2**20,
     name: str | None = None,
+    limits: Limits | None = None,
 ) -> TaskData:
     """Turn a user's file(s) into a task.
 
-    Classification when `kind="classification"`, or in "auto" when the label column has at most MAX_CLASSES distinct
-    values and fewer than half as many as rows: label words are the sorted distinct labels (numerically when all are
-    integers), metric accuracy. Otherwise generation: the target is the label text, metric exact_match.
+    Classification when `kind="classification"` (at most MAX_LABELS labels), or in "auto" when the label column has
+    at most MAX_CLASSES distinct values and fewer than half as many as rows: label words are the sorted distinct
+    labels (numerically when all are integers), metric accuracy. Otherwise generation: the target is the label text,
+    metric exact_match. The label column may not be part of the input.
     Without `eval_file`, 10% of the training rows (at least 1, at most 1,000; shuffled with random.Random(seed)) are
     held out as validation, and the test set is that same validation set. With `eval_file`, validation = test = it.
+    Files are read within `limits` (default: Limits(max_bytes=max_bytes)).
     """
-    if text_column is not None and template is not None:
-        raise ConfigError("give either text_column or template, not both")
-    if kind not in ("auto", "classification", "generation"):
-        raise ConfigError(f"kind {kind!r} must be 'auto', 'classification' or 'generation'")
-    train_table = read_table(train_file, max_bytes=max_bytes)
-    eval_table = read_table(eval_file, max_bytes=max_bytes) if eval_file else None
-    inputs = _input_columns(train_table, text_column, template)
-    label = label_column or "label"
-    for table in (train_table, eval_table):
-        if table is not None:
-            _require_columns(table, inputs, "named by the template" if template else "text")
-            _require_columns(table, [label], "label; pass label_column")
-    render = _renderer(template, inputs)
-    train_pairs = _pairs(train_table, inputs, label, render)
-    eval_pairs = _pairs(eval_table, inputs, label, render) if eval_table else None
-
-    labels = [target for _, _, target in train_pairs]
-    label_words = _sorted_labels(set(labels)) if _is_classification(kind, labels) else None
-    if label_words is not None and len(label_words) < 2:
-        raise DataError(
-            f"{train_table.path}: column {label!r} has one class only ({label_words[0]!r}); classification needs two "
-            "or more (or use kind='generation')"
-        )
-    train = _examples(train_pairs, label_words, train_table.path, label)
-    if eval_pairs is not None and eval_table is not None:
-        validation = _examples(eval_pairs, label_words, eval_table.path, label)
+    columns = Columns.of(text_column, label_column, template, kind)
+    limits = limits or Limits(max_bytes=max_bytes)
+    train_pass = _Pass(train_file, columns, limits, keep=True).run()
+    words = _label_words(kind, train_pass)
+    train = _examples(train_pass.pairs, words)
+    if eval_file:
+        held = _Pass(eval_file, columns, limits, keep=True)
+        held.run(_known_label(held.problems, words, columns.label) if words else None)
+        validation = _examples(held.pairs, words)
         note = f"train = {train_file} ({len(train)} rows); validation = test = {eval_file} ({len(validation)} rows)"
     else:
         train, validation, note = _hold_out(train, seed, train_file)
@@ -336,15 +255,15 @@ def load_user_task(
         train=train,
         validation=validation,
         test=list(validation),
-        label_words=label_words,
-        metrics=("accuracy",) if label_words is not None else ("exact_match",),
-        template=template or f"{{{inputs[0]}}}",
+        label_words=words,
+        metrics=("accuracy",) if words is not None else ("exact_match",),
+        template=template or f"{{{columns.inputs[0]}}}",
         split_note=note,
         extra={
             "train_file": train_file,
             "eval_file": eval_file or "",
-            "label_column": label,
-            "kind": "classification" if label_words is not None else "generation",
+            "label_column": columns.label,
+            "kind": "classification" if words is not None else "generation",
         },
     )
 
