@@ -32,7 +32,7 @@ def probe(spec: RunSpec, *, steps: int = 3) -> Probe:
     """Time `steps` training steps (after one untimed) on batches of median width from the run's training data."""
     if spec.train.threads:
         torch.set_num_threads(spec.train.threads)
-    task = load_task(spec.data, spec.train.seed)
+    task = load_task(spec.data)
     backbone = load_backbone(spec.model, resolve_device(spec.train.device))
     codec = Codec.for_backbone(backbone, task.answer_cue, spec.train.max_length)
     encoded = codec.encode_many([(e.source, e.target) for e in task.train[:2000]])

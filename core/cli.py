@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from core.errors import LampError
+from core.errors import LampError, storage_error
 from core.events import Event
 from core.methods import METHODS, method_config, trainable_param_counts
 from core.spec import DataConfig, ModelConfig, RunSpec, TrainConfig, validate_spec
@@ -43,6 +43,7 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-train-examples", type=int, default=None)
     g.add_argument("--max-eval-examples", type=int, default=200, help="validation examples per periodic eval")
     g.add_argument("--max-test-examples", type=int, default=None)
+    g.add_argument("--split-seed", type=int, default=42, help="seed of the train/validation/test split (default 42)")
     g = p.add_argument_group("method")
     g.add_argument("--method", default="lamp", choices=list(METHODS))
     g.add_argument("--length", type=int, default=None, help="soft prompt tokens l (default 100)")
@@ -83,7 +84,7 @@ def spec_from_args(a: argparse.Namespace) -> RunSpec:
         data=DataConfig(task=task, data_dir=a.data_dir, train_file=a.train_file, eval_file=a.eval_file,
                         text_column=a.text_column, template=a.template, label_column=a.label_column, kind=a.kind,
                         max_train_examples=a.max_train_examples, max_eval_examples=a.max_eval_examples,
-                        max_test_examples=a.max_test_examples),
+                        max_test_examples=a.max_test_examples, split_seed=a.split_seed),
         train=TrainConfig(steps=a.steps, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                           weight_decay=a.weight_decay, warmup_steps=a.warmup_steps, grad_clip=a.grad_clip,
                           max_length=a.max_length, eval_every=a.eval_every, checkpoint_every=a.checkpoint_every,
@@ -176,7 +177,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     else:
         spec = spec_from_args(a)
         backbone, prompt = load_backbone(spec.model, resolve_device(spec.train.device)), None
-    task = load_task(spec.data, spec.train.seed)
+    task = load_task(spec.data)
     codec = Codec.for_backbone(backbone, task.answer_cue, spec.train.max_length)
     examples = task.test[: a.max_test_examples]
     metrics, scoring = evaluate(backbone, prompt, codec, task, examples, generate=not a.no_generate_eval)
@@ -346,6 +347,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"lamp {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a full disk or an unwritable LAMP_HOME: one line naming the path and the fix
+        problem = storage_error(exc)
+        if problem is None:
+            raise
+        print(f"lamp {args.command}: error: {problem}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ def data_widths(spec: RunSpec) -> Widths:
     from core.batching import Codec, length_bucketed_order
     from core.train import load_task
 
-    task = load_task(spec.data, spec.train.seed)
+    task = load_task(spec.data)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(spec.model.name))
     shape = model_shape(spec.model.name)
     codec = Codec(tokenizer, shape.family, task.answer_cue, spec.train.max_length)  # type: ignore[arg-type]

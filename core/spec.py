@@ -48,6 +48,9 @@ class DataConfig:
     max_eval_examples: int | None = 200
     """Validation examples scored at each periodic evaluation (the final test uses all of the test split)."""
     max_test_examples: int | None = None
+    split_seed: int = 42
+    """Seed of the train / validation / test split (built-in tasks, and the hold-out of a file without --eval).
+    Fixed apart from the run's seed, so runs with different seeds are scored on the same test set."""
 
 
 @dataclass(frozen=True)

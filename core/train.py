@@ -53,7 +53,9 @@ class FitResult:
         return asdict(self)
 
 
-def load_task(data: DataConfig, seed: int) -> TaskData:
+def load_task(data: DataConfig) -> TaskData:
+    """The run's data, split with `data.split_seed` (not the run's seed: every seed sees the same test set)."""
+    seed = data.split_seed
     if data.train_file is not None:
         return load_user_task(data.train_file, data.eval_file, text_column=data.text_column,
                               label_column=data.label_column, template=data.template, kind=data.kind, seed=seed)
@@ -171,7 +173,7 @@ def fit(
     state = _load_checkpoint(checkpoint_path, spec_dict)
 
     # Data, backbone and the prompt module, all from the spec and its seed.
-    task = load_task(spec.data, t.seed)
+    task = load_task(spec.data)
     device = resolve_device(t.device)
     if backbone is None:
         backbone = load_backbone(spec.model, device)
