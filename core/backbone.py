@@ -193,8 +193,8 @@ def config_hidden_size(model: str) -> int | None:
     not converted (None when it cannot be known here, e.g. a hub id not in the local cache)."""
     name = (model or "").strip()
     if name in OFFLINE_MODELS:
-        model = OFFLINE_MODELS[name]
-        return _folder_hidden_size(str(lamp_home() / "models" / model.folder)) or model.hidden_size
+        offline = OFFLINE_MODELS[name]
+        return _folder_hidden_size(str(lamp_home() / "models" / offline.folder)) or offline.hidden_size
     folder = Path(name).expanduser()
     if folder.is_dir():
         return _folder_hidden_size(str(folder.resolve()))

@@ -73,19 +73,19 @@ class TrainConfig:
     """Warm start (prompt transfer): the artifact directory of a finished run whose prompt C (before pooling) this
     run starts from, on a backbone of the same hidden size and with the same length l. None: a fresh prompt from
     the vocabulary (LAMP, prompt tuning) or random factors (DPT)."""
-    prompt_init: PromptInit = "vocab"
-    """Where a fresh prompt P starts: `vocab`, the embeddings of l tokens sampled from the 5,000 most common ones
-    (the paper's init; DPT: random factors); `text`, the embeddings of `prompt_init_text`'s tokens, each repeated p
-    times (the method's pool) and tiled to l, so that the pooled prompt reads the text; LAMP and DPT start at the
-    best rank-r approximation of that P."""
+    prompt_init: PromptInit | None = None
+    """Where a fresh prompt P starts (None: the method's measured default, RECIPES). `vocab`: the embeddings of l
+    tokens sampled from the 5,000 most common ones (the paper's init; DPT: random factors). `text`: the embeddings
+    of `prompt_init_text`'s tokens, each repeated p times (the method's pool) and tiled to l, so that the pooled
+    prompt reads the text; LAMP and DPT start at the best rank-r approximation of that P."""
     prompt_init_text: str | None = None
     """The text of `prompt_init=text`; None: an instruction built from the task (its answer cue and label words,
     e.g. `Classify the sentiment: negative or positive.`)."""
-    lr_scaling: LrScaling = "absolute"
-    """`absolute`: every trainable tensor takes `lr`. `relative`: each tensor takes `lr` times the RMS of its
-    starting values, so `lr` is the fraction of its own size a tensor moves per step, whatever the backbone's
-    embedding scale and however a method splits its prompt into factors (LAMP's U, Q and V start at sizes tens of
-    times apart)."""
+    lr_scaling: LrScaling | None = None
+    """None: the method's measured default (RECIPES). `absolute`: every trainable tensor takes `lr`. `relative`:
+    each tensor takes `lr` times the RMS of its starting values, so `lr` is the fraction of its own size a tensor
+    moves per step, whatever the backbone's embedding scale and however a method splits its prompt into factors
+    (LAMP's U, Q and V start at sizes tens of times apart)."""
     device: str = "auto"
     """`auto` (CUDA if present, else CPU), `cpu`, `cuda`, `cuda:N`."""
     threads: int | None = None
@@ -96,9 +96,23 @@ class TrainConfig:
     """Also score classification tasks by generation (exact match), beside ranking label words."""
 
 
-# Per-method learning rates measured on the default model (README, "Choosing defaults"). The paper's 0.3 was
-# tuned on T5 and blows the prompt up on small-embedding decoder-only models.
-DEFAULT_LR = {"lamp": 0.01, "prompt-tuning": 0.01, "dpt": 0.01}
+@dataclass(frozen=True)
+class Recipe:
+    """A method's measured training defaults (README, "Choosing defaults"): what a run gets for the settings it
+    leaves at None. The paper's lr 0.3 was tuned on T5 and blows the prompt up on small-embedding decoder-only
+    models."""
+
+    lr: float
+    lr_scaling: LrScaling
+    prompt_init: PromptInit
+
+
+RECIPES = {
+    "lamp": Recipe(lr=0.01, lr_scaling="absolute", prompt_init="vocab"),
+    "prompt-tuning": Recipe(lr=0.01, lr_scaling="absolute", prompt_init="vocab"),
+    "dpt": Recipe(lr=0.01, lr_scaling="absolute", prompt_init="vocab"),
+}
+DEFAULT_LR = {name: recipe.lr for name, recipe in RECIPES.items()}
 DEFAULT_STEPS = 150
 
 
@@ -110,8 +124,21 @@ class RunSpec:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     @property
+    def recipe(self) -> Recipe:
+        return RECIPES[self.method.name]
+
+    @property
     def lr(self) -> float:
-        return self.train.lr if self.train.lr is not None else DEFAULT_LR[self.method.name]
+        return self.train.lr if self.train.lr is not None else self.recipe.lr
+
+    @property
+    def lr_scaling(self) -> LrScaling:
+        return self.train.lr_scaling or self.recipe.lr_scaling
+
+    @property
+    def prompt_init(self) -> PromptInit:
+        """Where a fresh prompt starts; a warm start (`init_from`) replaces it."""
+        return self.train.prompt_init or self.recipe.prompt_init
 
 
 def spec_to_dict(spec: RunSpec) -> dict[str, Any]:
@@ -194,13 +221,13 @@ def validate_spec(spec: RunSpec) -> None:
         issues.append(f"device={t.device!r}: choose auto, cpu, cuda or cuda:N")
     if m.quantize == "4bit" and t.device == "cpu":
         issues.append("quantize=4bit needs a CUDA device (bitsandbytes NF4); drop --quantize or use --device cuda")
-    if t.prompt_init not in ("vocab", "text"):
+    if t.prompt_init not in (None, "vocab", "text"):
         issues.append(f"prompt_init={t.prompt_init!r}: choose vocab or text")
     if t.prompt_init_text is not None and not t.prompt_init_text.strip():
         issues.append("prompt_init_text: empty; give a text or leave it out for one built from the task")
     if t.prompt_init == "text" and t.init_from is not None:
         issues.append("prompt_init=text and init_from both choose the starting prompt; give one")
-    if t.lr_scaling not in ("absolute", "relative"):
+    if t.lr_scaling not in (None, "absolute", "relative"):
         issues.append(f"lr_scaling={t.lr_scaling!r}: choose absolute or relative")
     if t.threads is not None and t.threads < 1:
         issues.append(f"threads={t.threads}: must be at least 1")

@@ -186,7 +186,7 @@ def fit(
     if warm is not None:
         check_width(warm, backbone.hidden_size)
     start_ids = None
-    if t.prompt_init == "text":
+    if spec.prompt_init == "text" and warm is None:
         text = t.prompt_init_text or task_instruction(task.answer_cue, task.label_words)
         start_ids = text_start_ids(backbone.tokenizer, text, spec.method.length, getattr(spec.method, "pool", 1))
     prompt, init_ids = build_prompt(spec.method, table, common, torch.Generator().manual_seed(t.seed),
@@ -210,7 +210,7 @@ def fit(
     encoded: list[Encoded] = codec.encode_many([(e.source, e.target) for e in train_examples])
     lengths = [len(e.source) + len(e.target) for e in encoded]
     steps = total_steps(spec, len(encoded))
-    optimizer = torch.optim.AdamW(param_groups(prompt, spec.lr, t.lr_scaling, init_params, embedding_rms),
+    optimizer = torch.optim.AdamW(param_groups(prompt, spec.lr, spec.lr_scaling, init_params, embedding_rms),
                                   weight_decay=t.weight_decay)
 
     step, epoch, position, best_step = 0, 0, 0, 0
@@ -261,7 +261,9 @@ def fit(
     send(Event("start", step, steps, {
         "trainable_params": n_params, "method": spec.method.name, "model": backbone.source,
         "hidden_size": backbone.hidden_size, "prompt_tokens": spec.method.prompt_tokens,
-        "train_examples": len(encoded), "lr": spec.lr, "resumed_from": resumed_from, **_norms(prompt(), vocab_norm),
+        "train_examples": len(encoded), "lr": spec.lr, "lr_scaling": spec.lr_scaling,
+        "prompt_init": "warm start" if warm is not None else spec.prompt_init, "resumed_from": resumed_from,
+        **_norms(prompt(), vocab_norm),
     }))
     batches = length_bucketed_order(lengths, t.batch_size, random.Random(t.seed + epoch))
     norm_ok = True
