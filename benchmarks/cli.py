@@ -44,11 +44,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--infer-batch-sizes", type=_ints, default=None, help="default 1,16")
     p.add_argument("--growth-lengths", type=_ints, default=None, help="default 20,100,500,1000")
     p.add_argument("--growth-batch-size", type=int, default=None, help=f"default {d.growth_batch_size}")
+    p.add_argument("--task", default=None, help=f"built-in task every section reads (default {d.task})")
     p.add_argument("--accuracy-steps", type=int, default=None, help=f"default {d.accuracy_steps}")
+    p.add_argument("--seeds", type=int, default=None, help=f"accuracy runs per contender and budget ({d.seeds})")
+    p.add_argument("--budgets", type=_words, default=None,
+                   help="accuracy budgets: steps (the default steps each), time (the slowest one's training time "
+                        "each); default steps,time")
     p.add_argument("--accuracy-batch-size", type=int, default=None, help=f"default {d.accuracy_batch_size}")
     p.add_argument("--accuracy-train-examples", type=int, default=None,
                    help="cap on training examples tokenised for the accuracy runs (default: all)")
-    p.add_argument("--eval-examples", type=int, default=None, help=f"test examples scored ({d.eval_examples})")
+    p.add_argument("--eval-examples", type=int, default=None, help="test examples scored (default: all)")
     p.add_argument("--lr", type=float, default=None, help=f"default {d.lr}")
     p.add_argument("--serving-prompts", type=int, default=None,
                    help=f"prompts answering the same queries in the serving section (default {d.serving_prompts})")

@@ -25,7 +25,7 @@ from core.backbone import Backbone
 from core.batching import Codec, Encoded, collate
 from core.methods import MethodConfig, build_prompt
 from core.scoring import loss_fn, rank_candidates
-from core.train import optimizer_step
+from core.train import optimizer_step, param_groups
 
 WEIGHT_DECAY = 1e-5
 GRAD_CLIP = 1.0
@@ -41,9 +41,13 @@ class _Trained:
     params: list[nn.Parameter]
     optimizer: torch.optim.Optimizer
 
-    def _train(self, module: nn.Module, lr: float) -> None:
+    def _train(self, module: nn.Module, lr: float, lr_scaling: str = "absolute") -> None:
+        """AdamW over the trainable parameters, with fit()'s groups (core.train.param_groups: one rate, or each
+        tensor's rate scaled by its starting RMS)."""
         self.params = _trainable(module)
-        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=WEIGHT_DECAY)
+        start = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+        groups = param_groups(module, lr, lr_scaling, start, fallback_rms=1.0)
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=WEIGHT_DECAY)
 
     @property
     def trainable_params(self) -> int:
@@ -54,13 +58,13 @@ class Ours(_Trained):
     """A LAMP Studio prompt module with its optimizer."""
 
     def __init__(self, backbone: Backbone, config: MethodConfig, embeddings: torch.Tensor, common: list[int],
-                 seed: int, lr: float) -> None:
+                 seed: int, lr: float, lr_scaling: str = "absolute") -> None:
         self.backbone, self.config = backbone, config
         self.method = config.name
         self.module, self.init_ids = build_prompt(config, embeddings, common, torch.Generator().manual_seed(seed))
         self.init_params = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
         self.module.to(backbone.device)
-        self._train(self.module, lr)
+        self._train(self.module, lr, lr_scaling)
 
     @property
     def formula_params(self) -> int:
@@ -112,7 +116,7 @@ class PeftPromptTuning(_Trained):
 
     method = "peft-pt"
 
-    def __init__(self, backbone: Backbone, length: int, seed: int, lr: float) -> None:
+    def __init__(self, backbone: Backbone, length: int, seed: int, lr: float, lr_scaling: str = "absolute") -> None:
         from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 
         seq2seq = backbone.family == "seq2seq"
@@ -126,7 +130,7 @@ class PeftPromptTuning(_Trained):
         torch.manual_seed(seed)  # SAMPLE_VOCAB draws its token ids from torch's global generator
         self.model = get_peft_model(backbone.model, config)
         self.model.to(backbone.device)
-        self._train(self.model, lr)
+        self._train(self.model, lr, lr_scaling)
 
     @property
     def formula_params(self) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import platform
-import random
 import subprocess
 import sys
 import time
@@ -15,22 +14,18 @@ from typing import Any
 
 import torch
 
+from benchmarks.accuracy import PEFT, accuracy_section
 from benchmarks.contenders import Floor, Ours, PeftPromptTuning, our_label_scores
 from benchmarks.measure import PeakMemory, dir_bytes, time_calls
 from benchmarks.serving import serving
 from benchmarks.settings import BenchSettings
-from core.artifact import load_artifact
 from core.backbone import Backbone, load_backbone, resolve_device
-from core.batching import Codec, Encoded, length_bucketed_order
-from core.evaluate import evaluate
+from core.batching import Codec, Encoded
 from core.methods import DptConfig, LampConfig, MethodConfig, PromptTuningConfig
-from core.spec import DataConfig, ModelConfig, RunSpec, TrainConfig
+from core.spec import DataConfig, ModelConfig
 from core.tasks import TaskData, load_builtin_task
-from core.train import fit, lr_at
 from core.vocab import common_token_ids
 
-TASK = "rotten_tomatoes"
-PEFT = "peft-pt"
 Log = Callable[[str], None]
 Row = dict[str, Any]
 
@@ -50,7 +45,8 @@ class Bench:
         tick = time.perf_counter()
         self.backbone: Backbone = load_backbone(ModelConfig(s.model, s.dtype), self.device)  # type: ignore[arg-type]
         self.load_seconds = time.perf_counter() - tick
-        self.task: TaskData = load_builtin_task(TASK, seed=s.seed)
+        # The split is the one every run uses (DataConfig.split_seed), whatever the benchmark's seed.
+        self.task: TaskData = load_builtin_task(s.task, seed=DataConfig().split_seed)
         self.codec = Codec.for_backbone(self.backbone, self.task.answer_cue, s.max_length)
         self.common = common_token_ids(self.backbone.tokenizer)
         self.table = self.backbone.embedding_table()
@@ -160,70 +156,8 @@ class Bench:
         return with_ratios(rows, ["ms_per_example"], group="batch_size")
 
     def accuracy(self) -> list[Row]:
-        s = self.s
-        test = self.task.test[: s.eval_examples]
-        self.log(f"accuracy: {s.accuracy_steps} steps of batch {s.accuracy_batch_size}, lr {s.lr}, "
-                 f"{len(test)} test examples ranked")
-
-        def score(prompt: torch.Tensor | None) -> tuple[float, float]:
-            """Test accuracy and the seconds its evaluation took."""
-            tick = time.perf_counter()
-            metrics, _ = evaluate(self.backbone, prompt, self.codec, self.task, test, generate=False)
-            return metrics["accuracy"], time.perf_counter() - tick
-
-        accuracy, seconds = score(None)
-        rows: list[Row] = [{"contender": "bare model: zero-shot", "method": "floor", "accuracy": accuracy,
-                            "step_s": None, "steps": 0, "eval_s": seconds}]
-        self.log(f"  zero-shot: {rows[0]['accuracy']:.3f}")
-        peft_row = self._peft_accuracy(score)
-        rows.insert(0, peft_row)
-        for config in (self.lamp(s.length, s.default_pool), PromptTuningConfig(length=s.length),
-                       DptConfig(length=s.length, rank=s.rank)):
-            name = _config_name(config)
-            spec = RunSpec(
-                model=ModelConfig(s.model, s.dtype),  # type: ignore[arg-type]
-                method=config,
-                data=DataConfig(task=TASK, max_train_examples=s.accuracy_train_examples,
-                                max_eval_examples=s.accuracy_batch_size),
-                train=TrainConfig(steps=s.accuracy_steps, batch_size=s.accuracy_batch_size, lr=s.lr,
-                                  max_length=s.max_length, eval_every=s.accuracy_steps,
-                                  checkpoint_every=s.accuracy_steps, seed=s.seed, device=str(self.device),
-                                  threads=s.threads, final_eval=False, generate_eval=False),
-            )
-            result = fit(spec, self.out / "accuracy" / _slug(name), backbone=self.backbone)
-            prompt = load_artifact(result.artifact).prompt().to(self.device)
-            accuracy, seconds = score(prompt)
-            rows.append({"contender": name, "method": config.name, "accuracy": accuracy,
-                         "step_s": result.train_seconds / result.steps, "steps": result.steps, "eval_s": seconds,
-                         "fit_other_s": result.total_seconds - result.train_seconds})
-            self.log(f"  {name}: {rows[-1]['accuracy']:.3f} ({rows[-1]['step_s']:.2f} s/step in fit)")
-        return with_ratios(rows, ["accuracy", "step_s", "eval_s"])
-
-    def _peft_accuracy(self, score: Callable[[torch.Tensor | None], tuple[float, float]]) -> Row:
-        """PEFT trained by an explicit loop on exactly fit()'s batches, learning-rate schedule and optimizer."""
-        s = self.s
-        examples = self.task.train[: s.accuracy_train_examples]
-        encoded = self.codec.encode_many([(e.source, e.target) for e in examples])
-        lengths = [len(e.source) + len(e.target) for e in encoded]
-        peft = self.peft(s.length)
-        epoch, position, seconds = 0, 0, 0.0
-        batches = length_bucketed_order(lengths, s.accuracy_batch_size, random.Random(s.seed))
-        for step in range(s.accuracy_steps):
-            if position >= len(batches):  # as fit(): a new order from the seed and the epoch number
-                epoch, position = epoch + 1, 0
-                batches = length_bucketed_order(lengths, s.accuracy_batch_size, random.Random(s.seed + epoch))
-            for group in peft.optimizer.param_groups:
-                group["lr"] = lr_at(step, s.lr, 0, s.accuracy_steps)
-            items = [encoded[i] for i in batches[position]]
-            spread = time_calls(partial(peft.step, items), self.device, 0, 1)
-            seconds += spread.median
-            position += 1
-        accuracy, eval_seconds = score(peft.prompt())
-        row = {"contender": f"PEFT prompt tuning l={s.length}", "method": PEFT, "accuracy": accuracy,
-               "step_s": seconds / s.accuracy_steps, "steps": s.accuracy_steps, "eval_s": eval_seconds}
-        peft.close()
-        self.log(f"  {row['contender']}: {row['accuracy']:.3f} ({row['step_s']:.2f} s/step)")
-        return row
+        """Each method at its own defaults, over seeds, on the whole test split (benchmarks.accuracy)."""
+        return accuracy_section(self)
 
     def growth(self) -> list[Row]:
         s = self.s
@@ -262,14 +196,6 @@ def with_ratios(rows: list[Row], keys: Sequence[str], group: str | None = None) 
             ok = isinstance(mine, int | float) and isinstance(theirs, int | float) and theirs
             row[f"{key}_x_peft"] = mine / theirs if ok else None  # type: ignore[operator]
     return rows
-
-
-def _config_name(config: MethodConfig) -> str:
-    if isinstance(config, LampConfig):
-        return f"lamp l={config.length} r={config.rank} p={config.pool}"
-    if isinstance(config, DptConfig):
-        return f"dpt l={config.length} r={config.rank}"
-    return f"prompt-tuning l={config.length}"
 
 
 def _slug(name: str) -> str:

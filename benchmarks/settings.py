@@ -6,8 +6,11 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from core.errors import ConfigError
+from core.spec import DEFAULT_STEPS, TrainConfig
+from core.tasks import BUILTIN_TASKS
 
 SECTIONS = ("steps", "inference", "accuracy", "growth", "serving")
+BUDGETS = ("steps", "time")
 
 
 @dataclass(frozen=True)
@@ -40,12 +43,19 @@ class BenchSettings:
     growth_lengths: tuple[int, ...] = (20, 100, 500, 1000)
     growth_batch_size: int = 4
     """Smaller than `batch_size` so that PEFT at l=1000 fits a CPU's time budget."""
-    accuracy_steps: int = 30
-    accuracy_batch_size: int = 8
+    task: str = "rotten_tomatoes"
+    """The built-in task every section reads (the offline ones: rotten_tomatoes, presidential_debates)."""
+    accuracy_steps: int = DEFAULT_STEPS
+    """Steps of the `steps` budget: a run's default."""
+    accuracy_batch_size: int = TrainConfig.batch_size
     accuracy_train_examples: int | None = None
     """Cap on the training examples tokenised for the accuracy runs (None: the whole training split)."""
-    eval_examples: int = 200
-    """Test examples scored (by ranking the label words) for each accuracy figure."""
+    eval_examples: int | None = None
+    """Test examples scored (by ranking the label words) for each accuracy figure; None: the whole test split."""
+    seeds: int = 3
+    """Accuracy runs per contender and budget (seeds `seed`, `seed` + 1, ...): mean, spread and a 95% interval."""
+    budgets: tuple[str, ...] = BUDGETS
+    """`steps`: every contender trains the default steps; `time`: the training time the slowest needed for them."""
     lr: float = 0.01
     """AdamW learning rate for every method in the accuracy runs (our measured default)."""
     serving_prompts: int = 4
@@ -61,7 +71,7 @@ class BenchSettings:
 QUICK: dict[str, Any] = {
     "batch_size": 8, "repeats": 2, "pools": (1, 4), "infer_batch_sizes": (1, 8), "growth_lengths": (20, 100, 500),
     "growth_batch_size": 2, "accuracy_steps": 10, "accuracy_batch_size": 4, "accuracy_train_examples": 2000,
-    "eval_examples": 64, "serving_queries": 32, "serving_batch_sizes": (1, 8),
+    "eval_examples": 64, "seeds": 2, "budgets": ("steps",), "serving_queries": 32, "serving_batch_sizes": (1, 8),
 }
 """`--quick`: a few minutes on a 2-core CPU; explicit flags still win."""
 
@@ -81,9 +91,15 @@ def validate(s: BenchSettings) -> None:
     if s.dtype not in ("float32", "bfloat16", "float16"):
         issues.append(f"dtype={s.dtype!r}: choose float32, bfloat16 or float16")
     for name in ("batch_size", "repeats", "length", "rank", "growth_batch_size", "accuracy_steps",
-                 "accuracy_batch_size", "eval_examples", "default_pool", "serving_prompts", "serving_queries"):
-        if getattr(s, name) < 1:
+                 "accuracy_batch_size", "eval_examples", "default_pool", "serving_prompts", "serving_queries",
+                 "seeds"):
+        if getattr(s, name) is not None and getattr(s, name) < 1:
             issues.append(f"{name}={getattr(s, name)}: must be at least 1")
+    if s.task not in BUILTIN_TASKS:
+        issues.append(f"task={s.task!r}: choose a built-in task ({', '.join(BUILTIN_TASKS[:2])}, ...)")
+    bad_budgets = [b for b in s.budgets if b not in BUDGETS] or ([] if s.budgets else ["(none)"])
+    if bad_budgets:
+        issues.append(f"budgets {bad_budgets}: choose from {', '.join(BUDGETS)}")
     if s.warmup < 0:
         issues.append(f"warmup={s.warmup}: must be >= 0")
     if s.threads is not None and s.threads < 1:

@@ -21,7 +21,8 @@ LENGTH, RANK, POOLS, GROWTH = 20, 4, (1, 4), (8, 16)
 FLAGS = ["--device", "cpu", "--threads", "1", "--length", str(LENGTH), "--rank", str(RANK), "--pools", "1,4",
          "--default-pool", "4", "--batch-size", "4", "--warmup", "1", "--repeats", "2", "--infer-batch-sizes", "1,4",
          "--growth-lengths", "8,16", "--growth-batch-size", "2", "--accuracy-steps", "2", "--accuracy-batch-size",
-         "4", "--accuracy-train-examples", "32", "--eval-examples", "8", "--serving-queries", "6",
+         "4", "--accuracy-train-examples", "32", "--eval-examples", "8", "--seeds", "2", "--budgets", "steps,time",
+         "--serving-queries", "6",
          "--serving-batch-sizes", "1,4"]
 
 
@@ -118,15 +119,33 @@ def test_inference_rows_per_batch_size_and_peft_scores_match_ours(run: tuple[Pat
     assert _results(out)["peft_score_gap"] < 1e-4  # scoring PEFT's prompt with our code gives PEFT's scores
 
 
-def test_accuracy_rows_beside_the_zero_shot_model(run: tuple[Path, dict[str, Any]]) -> None:
+def test_accuracy_over_seeds_and_budgets_at_each_methods_defaults(run: tuple[Path, dict[str, Any]]) -> None:
+    import statistics
+
+    from benchmarks.accuracy import interval95
+
     out, _ = run
-    rows = {r["contender"]: r for r in _rows(out, "accuracy")}
-    assert set(rows) == {f"PEFT prompt tuning l={LENGTH}", "bare model: zero-shot", f"lamp l={LENGTH} r={RANK} p=4",
-                         f"prompt-tuning l={LENGTH}", f"dpt l={LENGTH} r={RANK}"}
-    for row in rows.values():
-        assert 0 <= row["accuracy"] <= 1
-    assert rows[f"PEFT prompt tuning l={LENGTH}"]["accuracy_x_peft"] in (1.0, None)
-    assert all(r["steps"] == 2 for name, r in rows.items() if name != "bare model: zero-shot")
+    rows = _rows(out, "accuracy")
+    # Each method at its own defaults, whatever the --length and --rank of the timing sections.
+    names = ["peft-pt", "lamp l=100 r=8 p=4", "prompt-tuning l=100", "dpt l=100 r=8"]
+    assert [(r["budget"], r["contender"]) for r in rows] == [("-", "bare model: zero-shot"),
+                                                            *[(b, n) for b in ("steps", "time") for n in names]]
+    for row in rows[1:]:
+        assert row["seeds"] == 2 and len(row["per_seed"]) == 2 and row["seed_list"] == [42, 43]
+        assert row["accuracy"] == pytest.approx(statistics.fmean(row["per_seed"]), abs=1e-4)
+        assert row["accuracy_low"] <= row["accuracy"] <= row["accuracy_high"]
+        assert 0 <= row["accuracy"] <= 1 and row["step_s"] > 0
+    steps = {r["contender"]: r for r in rows if r["budget"] == "steps"}
+    timed = {r["contender"]: r for r in rows if r["budget"] == "time"}
+    assert all(r["steps"] == 2 for r in steps.values())
+    slowest = max(steps.values(), key=lambda r: r["step_s"])
+    assert timed[slowest["contender"]]["steps"] == 2
+    for name, row in timed.items():  # the slowest one's training time, in this contender's own steps
+        assert row["steps"] == max(1, int(slowest["step_s"] * 2 // steps[name]["step_s"]))
+    assert steps["peft-pt"]["accuracy_x_peft"] == 1.0
+    mean, std, half = interval95([0.8, 0.82, 0.84])
+    assert (mean, std) == (pytest.approx(0.82), pytest.approx(0.02)) and half == pytest.approx(4.303 * 0.02 / 3**0.5)
+    assert interval95([0.7]) == (0.7, 0.0, 0.0)
 
 
 def test_growth_pairs_lamp_with_peft_at_each_length(run: tuple[Path, dict[str, Any]]) -> None:
