@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
+from app.access import Access
 from app.compare import METHOD_COLORS
 from app.forms import DEFAULTS, FormError, spec_from_form
 from app.settings import export_csv
@@ -45,8 +46,9 @@ SWEEPS = {"methods": ("method", str), "lengths": ("length", int), "ranks": ("ran
           "lrs": ("lr", float), "seeds": ("seed", int)}
 
 
-def plan_from_form(values: dict[str, Any]) -> StudyPlan:
-    """The study the form describes; FormError maps every problem to the field at fault."""
+def plan_from_form(values: dict[str, Any], access: Access | None = None) -> StudyPlan:
+    """The study the form describes; FormError maps every problem to the field at fault. `access`: what the
+    user may name (the model), as for the New job form."""
     problems: dict[str, str] = {}
     space: dict[str, list[Any]] = {}
     for name, (knob, kind) in SWEEPS.items():
@@ -64,7 +66,7 @@ def plan_from_form(values: dict[str, Any]) -> StudyPlan:
     form["lr"] = space["lr"][0] if space.get("lr") else ""
     base = None
     try:
-        base, _ = spec_from_form(form)
+        base, _ = spec_from_form(form, access)
     except FormError as exc:
         for key, message in exc.problems.items():
             problems[_BASE_FIELD.get(key, key if key in STUDY_FIELDS else "name")] = message
@@ -151,7 +153,8 @@ def trials_frame(view: StudyView) -> pd.DataFrame:
 
 
 SETTINGS_COLUMNS = ("setting", "method", "length", "rank", "pool", "lr", "seeds", "val_mean", "val_std", "test_mean",
-                    "params", "train_s", "memory_mb", *[f"front_{c}" for c in COSTS], "recommended", "jobs")
+                    "test_std", "test_ci95", "params", "train_s", "memory_mb", *[f"front_{c}" for c in COSTS],
+                    "recommended", "jobs")
 
 
 def settings_frame(view: StudyView) -> pd.DataFrame:
@@ -162,7 +165,8 @@ def settings_frame(view: StudyView) -> pd.DataFrame:
             "setting": describe(s.setting), "method": s.setting.get("method"), "length": s.setting.get("length"),
             "rank": s.setting.get("rank"), "pool": s.setting.get("pool"), "lr": s.setting.get("lr"),
             "seeds": s.seeds, "val_mean": _round(s.accuracy), "val_std": _round(s.accuracy_std),
-            "test_mean": _round(s.test), "params": round(s.params), "train_s": _round(s.time, 1),
+            "test_mean": _round(s.test), "test_std": _round(s.test_std), "test_ci95": _round(s.test_ci95),
+            "params": round(s.params), "train_s": _round(s.time, 1),
             "memory_mb": _round(s.memory, 0),
             **{f"front_{c}": s.front.get(c, False) for c in COSTS},
             "recommended": view.recommendation is not None and s.key == view.recommendation.key,

@@ -1,4 +1,5 @@
-"""Studies: a search over a run's knobs (method x length x rank x pool x lr x seed) on Optuna, one trial = one job.
+"""Studies: a search over a run's knobs (method x length x rank x pool x lr x lr scaling x prompt init x seed) on
+Optuna, one trial = one job.
 
 Optuna asks, our queue runs, Optuna is told (ask-and-tell):
 - a study is a row of `lamp_studies` plus an Optuna study of the same name in Optuna's own database
@@ -35,6 +36,7 @@ from sqlalchemy.orm import Session
 from core.errors import ConfigError
 from core.methods import method_config, method_to_dict
 from core.spec import RunSpec, spec_from_dict, spec_to_dict, validate_spec
+from core.stats import interval95
 from jobs import store
 from jobs.db import database_url, is_sqlite, read, transact
 from jobs.errors import JobNotFound
@@ -42,7 +44,7 @@ from jobs.models import FINISHED, Job, Result, Status, Study, StudyStatus, Study
 
 log = logging.getLogger(__name__)
 
-KNOBS = ("method", "length", "rank", "pool", "lr", "seed")
+KNOBS = ("method", "length", "rank", "pool", "lr", "lr_scaling", "prompt_init", "seed")
 OBJECTIVES: dict[str, Any] = {"accuracy": "maximize", "params": "minimize", "time": "minimize", "memory": "minimize"}
 COSTS = ("params", "time", "memory")
 COST_LABELS = {"params": "trainable parameters", "time": "training time (s)", "memory": "peak memory (MiB)"}
@@ -105,7 +107,8 @@ def full_space(base: RunSpec, space: dict[str, list[Any]]) -> dict[str, list[Any
         raise ConfigError(f"cannot sweep {', '.join(unknown)}; the knobs are {', '.join(KNOBS)}")
     m = method_to_dict(base.method)
     fixed: dict[str, Any] = {"method": base.method.name, "length": m.get("length"), "rank": m.get("rank", 8),
-                             "pool": m.get("pool", 1), "lr": base.train.lr, "seed": base.train.seed}
+                             "pool": m.get("pool", 1), "lr": base.train.lr, "lr_scaling": base.train.lr_scaling,
+                             "prompt_init": base.train.prompt_init, "seed": base.train.seed}
     return {k: list(space[k]) if space.get(k) else [fixed[k]] for k in KNOBS}
 
 
@@ -116,7 +119,9 @@ def setting_spec(base: RunSpec, params: dict[str, Any]) -> RunSpec:
         knobs = {}
     knobs.update({k: params[k] for k in ("length", "rank", "pool") if params.get(k) is not None})
     method = method_config(params["method"], **knobs)
-    return replace(base, method=method, train=replace(base.train, lr=params["lr"], seed=params["seed"]))
+    train = replace(base.train, lr=params["lr"], seed=params["seed"], lr_scaling=params.get("lr_scaling"),
+                    prompt_init=params.get("prompt_init"))
+    return replace(base, method=method, train=train)
 
 
 def canonical(spec: RunSpec) -> dict[str, Any]:
@@ -124,7 +129,8 @@ def canonical(spec: RunSpec) -> dict[str, Any]:
     m = method_to_dict(spec.method)
     out = {"method": spec.method.name}
     out.update({k: m[k] for k in ("length", "rank", "pool") if k in m})
-    return {**out, "lr": spec.lr, "seed": spec.train.seed}
+    return {**out, "lr": spec.lr, "lr_scaling": spec.lr_scaling, "prompt_init": spec.prompt_init,
+            "seed": spec.train.seed}
 
 
 def setting_key(setting: dict[str, Any]) -> tuple[Any, ...]:
@@ -134,7 +140,8 @@ def setting_key(setting: dict[str, Any]) -> tuple[Any, ...]:
 
 def describe(setting: dict[str, Any]) -> str:
     parts = [setting["method"]] + [f"{k[0]}={setting[k]}" for k in ("length", "rank", "pool") if k in setting]
-    return " ".join(parts) + f" lr={setting['lr']:g}"
+    extra = [f"{k.replace('_', '-')}={setting[k]}" for k in ("lr_scaling", "prompt_init") if setting.get(k)]
+    return " ".join([*parts, f"lr={setting['lr']:g}", *extra])
 
 
 def _checked(base: RunSpec, params: dict[str, Any]) -> tuple[RunSpec | None, str | None]:
@@ -664,6 +671,9 @@ class SettingView:
     accuracy: float
     accuracy_std: float
     test: float | None
+    """Mean test accuracy over the seeds that have one, with its spread and 95% interval (core.stats)."""
+    test_std: float | None
+    test_ci95: float | None
     params: float
     time: float
     memory: float
@@ -755,10 +765,11 @@ def aggregate(trials: Iterable[TrialView]) -> list[SettingView]:
         accs = [t.accuracy for t in group if t.accuracy is not None]
         tests = [t.test for t in group if t.test is not None]
         setting = {k: v for k, v in group[0].setting.items() if k != "seed"}
+        test, test_std, test_ci95 = interval95(tests) if tests else (None, None, None)
         out.append(SettingView(
             key=key, setting=setting, trials=group, accuracy=statistics.fmean(accs),
             accuracy_std=statistics.stdev(accs) if len(accs) > 1 else 0.0,
-            test=statistics.fmean(tests) if tests else None,
+            test=test, test_std=test_std, test_ci95=test_ci95,
             params=statistics.fmean(float(t.params or 0) for t in group),
             time=statistics.fmean(float(t.time or 0) for t in group),
             memory=statistics.fmean(float(t.memory or 0) for t in group)))

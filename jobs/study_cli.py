@@ -11,7 +11,8 @@ from typing import Any
 
 from core.cli import add_spec_arguments, spec_from_args
 
-SWEPT = {"method": str, "length": int, "rank": int, "pool": int, "lr": float, "seed": int}
+SWEPT = {"method": str, "length": int, "rank": int, "pool": int, "lr": float, "lr_scaling": str, "prompt_init": str,
+         "seed": int}
 
 
 def plan_from_args(a: argparse.Namespace) -> Any:
@@ -88,8 +89,10 @@ def _print_view(view: Any) -> None:
               "params / time / memory):")
         for s in view.settings:
             marks = "".join("*" if s.front[c] else "." for c in ("params", "time", "memory"))
+            test = (f"  test {s.test:.4f} ± {s.test_std:.4f} [{s.test - s.test_ci95:.4f}-{s.test + s.test_ci95:.4f}]"
+                    if s.test is not None else "")
             print(f"  {marks} {describe(s.setting):<40} val {s.accuracy:.4f} ± {s.accuracy_std:.4f} "
-                  f"(n={s.seeds})  {s.params:,.0f} params  {s.time:.1f} s  {s.memory:,.0f} MiB")
+                  f"(n={s.seeds}){test}  {s.params:,.0f} params  {s.time:.1f} s  {s.memory:,.0f} MiB")
     rec = view.recommendation
     if rec is not None:
         print(f"recommendation (cheapest within {view.tolerance:g} of the best): {describe(rec.setting)} "
@@ -101,8 +104,8 @@ def view_json(view: Any) -> dict[str, Any]:
 
     def setting(s: Any) -> dict[str, Any]:
         return {"setting": s.setting, "seeds": s.seeds, "accuracy": s.accuracy, "accuracy_std": s.accuracy_std,
-                "test": s.test, "params": s.params, "time": s.time, "memory": s.memory, "front": s.front,
-                "jobs": [t.job_id for t in s.trials]}
+                "test": s.test, "test_std": s.test_std, "test_ci95": s.test_ci95, "params": s.params,
+                "time": s.time, "memory": s.memory, "front": s.front, "jobs": [t.job_id for t in s.trials]}
 
     return {"id": view.id, "name": view.name, "status": view.status, "mode": view.mode, "sampler": view.sampler,
             "objectives": view.objectives, "pruner": view.pruner, "tolerance": view.tolerance,
@@ -176,6 +179,8 @@ def register(sub: Any) -> None:
     g.add_argument("--rank", default=None, help="e.g. 4,8,16")
     g.add_argument("--pool", default=None, help="e.g. 1,4")
     g.add_argument("--lr", default=None, help="e.g. 0.003,0.01,0.03 (default: the method's measured default)")
+    g.add_argument("--lr-scaling", default=None, help="absolute,relative (default: the method's recipe)")
+    g.add_argument("--prompt-init", default=None, help="vocab,text (default: the method's recipe)")
     g.add_argument("--seed", default=None, help="seeds to repeat each setting with, e.g. 1,2,3 (default 42)")
     g = p.add_argument_group("the study")
     g.add_argument("--name", required=True, help="a name to find it by")

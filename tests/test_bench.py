@@ -122,7 +122,7 @@ def test_inference_rows_per_batch_size_and_peft_scores_match_ours(run: tuple[Pat
 def test_accuracy_over_seeds_and_budgets_at_each_methods_defaults(run: tuple[Path, dict[str, Any]]) -> None:
     import statistics
 
-    from benchmarks.accuracy import interval95
+    from core.stats import interval95
 
     out, _ = run
     rows = _rows(out, "accuracy")

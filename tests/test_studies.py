@@ -178,6 +178,28 @@ def test_seeds_are_aggregated_as_mean_and_spread(sqlite_store: str, base: RunSpe
     assert setting.seeds == 3 and "seed" not in setting.setting
     assert len(accs) == 3 and setting.accuracy == pytest.approx(statistics.fmean(accs))
     assert setting.accuracy_std == pytest.approx(statistics.stdev(accs))
+    tests = [t.test for t in view.trials if t.test is not None]  # test accuracy too: mean, spread, 95% interval
+    assert len(tests) == 3 and setting.test == pytest.approx(statistics.fmean(tests))
+    assert setting.test_std == pytest.approx(statistics.stdev(tests))
+    assert setting.test_ci95 == pytest.approx(4.303 * statistics.stdev(tests) / 3**0.5)
+
+
+def test_the_recipe_knobs_sweep_like_the_others(sqlite_store: str, base: RunSpec) -> None:
+    from jobs.studies import StudyPlan, create_study, describe, study_view
+
+    space = {"lr_scaling": ["absolute", "relative"], "prompt_init": ["vocab", "text"], "lr": [0.05]}
+    study_id = create_study(StudyPlan(name="recipe", base=base, space=space, pruner="none"))
+    _run_all()
+    view = study_view(study_id)
+    assert view.counts() == {"COMPLETE": 4}
+    assert {(s.setting["lr_scaling"], s.setting["prompt_init"]) for s in view.settings} == \
+        {(a, b) for a in ("absolute", "relative") for b in ("vocab", "text")}
+    for t in view.trials:
+        job = read(store.get_job, job_id=t.job_id)
+        assert job is not None
+        assert (job.spec["train"]["lr_scaling"], job.spec["train"]["prompt_init"]) == \
+            (t.setting["lr_scaling"], t.setting["prompt_init"])
+        assert f"lr-scaling={t.setting['lr_scaling']} prompt-init={t.setting['prompt_init']}" in describe(t.setting)
 
 
 def test_the_pruner_stops_a_hopeless_trial_and_its_job_ends_pruned(sqlite_store: str, base: RunSpec) -> None:
@@ -333,31 +355,32 @@ def _study_form(model: Path, **changes: Any) -> dict[str, Any]:
     ({"lrs": "0.01, 50"}, "lrs"),
 ])
 def test_study_form_problems_land_beside_their_fields(tiny_llama_dir: Path, changes: dict[str, Any],
-                                                      field: str) -> None:
+                                                      field: str, access: Any) -> None:
     from app.forms import FormError
     from app.study import STUDY_FIELDS, plan_from_form
 
     with pytest.raises(FormError) as caught:
-        plan_from_form(_study_form(tiny_llama_dir, **changes))
+        plan_from_form(_study_form(tiny_llama_dir, **changes), access)
     assert field in caught.value.problems and set(caught.value.problems) <= set(STUDY_FIELDS)
 
 
-def test_study_form_builds_the_plan_and_says_what_it_will_launch(tiny_llama_dir: Path) -> None:
+def test_study_form_builds_the_plan_and_says_what_it_will_launch(tiny_llama_dir: Path, access: Any) -> None:
     from app.study import plan_from_form, plan_text
 
     plan = plan_from_form(_study_form(tiny_llama_dir, methods=["lamp", "prompt-tuning"], objectives=["time"],
-                                      tolerance=2))
+                                      tolerance=2), access)
     assert plan.objectives == ("accuracy", "time") and plan.tolerance == pytest.approx(0.02)
     assert plan.space["method"] == ["lamp", "prompt-tuning"] and plan.space["rank"] == [2, 4]
     assert plan.base.data.max_eval_examples == 8 and plan.base.train.steps == 4
     assert "a grid of **3** distinct runs" in plan_text(plan)  # prompt tuning's two ranks are one run
 
 
-def test_study_tab_shows_fronts_links_tables_and_the_recommendation(sqlite_store: str, tiny_llama_dir: Path) -> None:
+def test_study_tab_shows_fronts_links_tables_and_the_recommendation(sqlite_store: str, tiny_llama_dir: Path,
+                                                                   access: Any) -> None:
     from app import study as tab
     from jobs.studies import study_view
 
-    study_id = tab.launch(tab.plan_from_form(_study_form(tiny_llama_dir, seeds="1, 2")))
+    study_id = tab.launch(tab.plan_from_form(_study_form(tiny_llama_dir, seeds="1, 2"), access))
     assert (study_id, ) == tuple(i for _, i in tab.study_choices())
     _run_all()
     view = study_view(study_id)
