@@ -1,5 +1,8 @@
 """Exceptions raised by the engine. The edges (CLI, jobs, UI) turn them into messages for a person."""
 
+import errno
+import os
+
 
 class LampError(Exception):
     """Base class of every error LAMP Studio raises on purpose."""
@@ -35,3 +38,66 @@ class ArtifactError(LampError):
 
 class Cancelled(LampError):
     """Training was asked to stop before it finished."""
+
+
+class StorageError(LampError):
+    """A file or folder that must be written cannot be: the disk is full, the file system is read-only, or
+    permission is denied. The message names the path and the fix."""
+
+
+_OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory",
+                "failed to allocate", "bad_alloc", "defaultcpuallocator")
+
+
+def is_out_of_memory(exc: BaseException | None) -> bool:
+    """Whether an error, or one it was raised from, is an allocation failure of any kind: MemoryError, torch's
+    OutOfMemoryError (CUDA), OutOfMemory, or a RuntimeError from an allocator ("DefaultCPUAllocator: can't allocate
+    memory", "not enough memory: you tried to allocate ...")."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, MemoryError | OutOfMemory) or type(exc).__name__ == "OutOfMemoryError":
+            return True
+        if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
+            return True
+        if isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MARKERS):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+_WHY = {
+    errno.ENOSPC: ("the disk is full", "free space there, or point LAMP_HOME (or LAMP_ARTIFACTS_DIR) at another disk"),
+    errno.EDQUOT: ("the disk quota is used up", "free space there, or point LAMP_HOME at another disk"),
+    errno.EROFS: ("the file system is read-only", "point LAMP_HOME at a writable folder"),
+    errno.EACCES: ("permission denied", "make it writable for this user, or point LAMP_HOME at a folder you own"),
+    errno.EPERM: ("operation not permitted", "make it writable for this user, or point LAMP_HOME at a folder you own"),
+    errno.ENOTDIR: ("a part of the path is a file, not a folder", "point LAMP_HOME at a folder"),
+}
+
+
+_WORDS = {"no space left on device": errno.ENOSPC, "file write failed": errno.ENOSPC,
+          "disk quota exceeded": errno.EDQUOT, "read-only file system": errno.EROFS}
+
+
+def storage_error(exc: BaseException, path: str | os.PathLike[str] | None = None) -> StorageError | None:
+    """A StorageError naming the path, what is wrong and the fix, when `exc` (or one it was raised from) is a disk
+    full / read-only / permission error; None for anything else."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, StorageError):
+            return current
+        if isinstance(current, OSError) and current.errno in _WHY:
+            what, fix = _WHY[current.errno]
+            where = current.filename if current.filename is not None else path
+            return StorageError(f"cannot write {where or 'a file'}: {what}; {fix}")
+        # Writers that wrap the OS error in their own (torch's zip writer, safetensors' Rust I/O) keep its words.
+        message = str(current).lower()
+        for words, code in _WORDS.items():
+            if words in message:
+                what, fix = _WHY[code]
+                return StorageError(f"cannot write {path or 'a file'}: {what} ({str(current).strip()[:200]}); {fix}")
+        current = current.__cause__ or current.__context__
+    return None

@@ -8,9 +8,11 @@ writer waits for the lock up front instead of failing when it upgrades a read sn
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +23,8 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
+
+from core.errors import StorageError, storage_error
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -64,7 +68,11 @@ def _make_engine(url: str) -> Engine:
         return create_engine(url, pool_pre_ping=True)
     database = make_url(url).database
     if database and database != ":memory:":
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(database).expanduser().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise storage_error(exc, folder) or exc from exc
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
 
     @event.listens_for(engine, "connect")
@@ -98,16 +106,55 @@ def _retryable(exc: DBAPIError) -> bool:
     return isinstance(exc, OperationalError) and ("locked" in message or "busy" in message)
 
 
+_SQLITE_STORAGE = ("unable to open database file", "database or disk is full", "readonly database", "disk i/o error")
+
+
+def _why(folder: Path, message: str) -> tuple[str, str]:
+    """What keeps SQLite from writing in `folder`, and the fix, found by looking at the folder itself."""
+    probe = folder if folder.exists() else next((p for p in folder.parents if p.exists()), folder)
+    with contextlib.suppress(OSError):
+        if os.statvfs(probe).f_flag & os.ST_RDONLY:
+            return "the file system is read-only", "point LAMP_HOME (or LAMP_DATABASE_URL) at a writable folder"
+        if "full" in message or shutil.disk_usage(probe).free < 2**16:
+            return "the disk is full", "free space there, or point LAMP_HOME (or LAMP_DATABASE_URL) at another disk"
+    if not folder.is_dir():
+        return "its folder cannot be created", "point LAMP_HOME (or LAMP_DATABASE_URL) at a folder you can write"
+    if not os.access(folder, os.W_OK):
+        return "permission denied", "make the folder writable for this user, or point LAMP_HOME elsewhere"
+    return message, "check the disk and the folder's permissions, or point LAMP_HOME elsewhere"
+
+
+def store_storage_error(exc: BaseException, url: str | None = None) -> StorageError | None:
+    """A StorageError naming the store's file, what is wrong and the fix, when `exc` says the store cannot be
+    written (disk full, read-only, no permission); None for any other error."""
+    found = storage_error(exc)
+    if found is not None:
+        return found
+    url = url or database_url()
+    if not is_sqlite(url):
+        return None
+    return sqlite_storage_error(exc, Path(make_url(url).database or "").expanduser(), "the store")
+
+
+def sqlite_storage_error(exc: BaseException, path: Path, what_file: str) -> StorageError | None:
+    """The same for any SQLite file (the store, the queue): `exc` as raised by sqlite3 or through SQLAlchemy."""
+    message = str(getattr(exc, "orig", exc)).lower()
+    if not any(m in message for m in _SQLITE_STORAGE):
+        return None
+    what, fix = _why(path.parent, message)
+    return StorageError(f"cannot write {what_file} {path}: {what}; {fix}")
+
+
 def transact(fn: Callable[..., T], /, *, url: str | None = None, **kwargs: Any) -> T:
     """Run `fn(session=..., **kwargs)` in one short write transaction and commit it; retry the whole transaction
-    when SQLite says busy/locked or the connection dropped."""
+    when SQLite says busy/locked or the connection dropped. StorageError when the store cannot be written."""
     for attempt in range(WRITE_RETRIES):
         try:
             with session(write=True, url=url) as s, s.begin():
                 return fn(session=s, **kwargs)
         except DBAPIError as exc:
             if attempt == WRITE_RETRIES - 1 or not _retryable(exc):
-                raise
+                raise store_storage_error(exc, url) or exc from exc
             log.warning("database busy (%s); retrying", exc.orig)
             time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
     raise AssertionError("unreachable")
@@ -115,8 +162,11 @@ def transact(fn: Callable[..., T], /, *, url: str | None = None, **kwargs: Any) 
 
 def read(fn: Callable[..., T], /, *, url: str | None = None, **kwargs: Any) -> T:
     """Run `fn(session=..., **kwargs)` in a read transaction (never blocks writers on SQLite's WAL)."""
-    with session(url=url) as s, s.begin():
-        return fn(session=s, **kwargs)
+    try:
+        with session(url=url) as s, s.begin():
+            return fn(session=s, **kwargs)
+    except DBAPIError as exc:
+        raise store_storage_error(exc, url) or exc from exc
 
 
 def migrations_dir() -> Path:
@@ -155,10 +205,18 @@ def head_revision() -> str | None:
 
 
 def upgrade_database(url: str | None = None, revision: str = "head") -> None:
-    """Bring the schema to `revision` (Alembic), holding a lock so that workers starting together migrate once."""
+    """Bring the schema to `revision` (Alembic), holding a lock so that workers starting together migrate once.
+    StorageError (one line: the store's path, what is wrong, the fix) when the store cannot be opened or written."""
+    url = url or database_url()
+    try:
+        _upgrade(url, revision)
+    except DBAPIError as exc:
+        raise store_storage_error(exc, url) or exc from exc
+
+
+def _upgrade(url: str, revision: str) -> None:
     from alembic import command
 
-    url = url or database_url()
     if revision == "head" and current_revision(url) == head_revision():
         return
     config = alembic_config(url)

@@ -11,6 +11,7 @@ Redis. The queue only carries "run job N" wake-ups; what a job is and where it s
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from huey import Huey, MemoryHuey, RedisHuey, SqliteHuey
 from sqlalchemy.engine import make_url
 
 from core.backbone import lamp_home
-from core.errors import ConfigError
+from core.errors import ConfigError, storage_error
 
 
 def queue_url() -> str:
@@ -36,8 +37,13 @@ def make_huey(url: str, name: str | None = None) -> Huey:
         if not database:
             raise ConfigError(f"LAMP_QUEUE_URL={url}: give a file, e.g. sqlite:///{lamp_home() / 'queue.db'}")
         path = Path(database).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return SqliteHuey(name, filename=str(path), timeout=30, **options)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return SqliteHuey(name, filename=str(path), timeout=30, **options)
+        except (OSError, sqlite3.Error) as exc:
+            from jobs.db import sqlite_storage_error
+
+            raise storage_error(exc, path.parent) or sqlite_storage_error(exc, path, "the queue") or exc from exc
     if url.startswith("memory:"):
         return MemoryHuey(name, **options)
     raise ConfigError(f"LAMP_QUEUE_URL={url}: use sqlite:///PATH, redis://HOST:PORT/DB or memory://")
