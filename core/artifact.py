@@ -17,6 +17,7 @@ artifact's path, model, method, task and metrics.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -125,17 +126,64 @@ def load_manifest(path: Path) -> dict[str, Any]:
     if not file.is_file():
         raise ArtifactError(f"{path}: not a LAMP Studio artifact (no {MANIFEST}); point --artifact at the "
                             "directory that `lamp train --out` wrote")
-    manifest: dict[str, Any] = json.loads(file.read_text())
+    try:
+        manifest: dict[str, Any] = json.loads(file.read_text())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ArtifactError(f"{file}: not readable JSON ({exc}); the artifact is damaged: train the run again") from exc
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{file}: not an artifact manifest; the artifact is damaged: train the run again")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{path}: artifact format {manifest.get('format_version')} is not supported "
                             f"(this version reads {FORMAT_VERSION})")
     return manifest
 
 
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+MAX_HEADER = 100 * 2**20
+
+
+def check_safetensors(file: Path) -> None:
+    """ArtifactError naming the file unless its header is whole and its tensors fill the file exactly (a file cut
+    short, or overwritten, is caught here, before any model is loaded)."""
+    size = file.stat().st_size
+    bad = f"{file}: not a complete safetensors file"
+    with file.open("rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or n > min(MAX_HEADER, size - 8):
+            raise ArtifactError(f"{bad} ({size:,} bytes: the header is cut short or garbled); train the run again "
+                                "or copy the artifact again")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ArtifactError(f"{bad} (its header is not JSON: {exc}); train the run again") from exc
+    end = 0
+    for name, info in (header.items() if isinstance(header, dict) else []):
+        if name == "__metadata__":
+            continue
+        try:
+            begin, stop = info["data_offsets"]
+            count = _DTYPE_BYTES[info["dtype"]] * math.prod(info["shape"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"{bad} (tensor {name!r} is described wrongly: {exc})") from exc
+        if stop - begin != count or begin < 0:
+            raise ArtifactError(f"{bad} (tensor {name!r} has {stop - begin} bytes for {count})")
+        end = max(end, stop)
+    if 8 + n + end != size:
+        raise ArtifactError(f"{bad}: its tensors need {8 + n + end:,} bytes, the file has {size:,} (cut short or "
+                            "padded); train the run again or copy the artifact again")
+
+
 def load_artifact(path: str | Path) -> Artifact:
+    """The artifact at `path`, its manifest read and its safetensors files checked (ArtifactError names the file)."""
     p = Path(path).expanduser()
     manifest = load_manifest(p)
-    for name in ("prompt.safetensors", "prompt_params.safetensors"):
-        if not (p / name).is_file():
+    for name in ("prompt.safetensors", "prompt_params.safetensors", "init_params.safetensors"):
+        file = p / name
+        if not file.is_file():
+            if name == "init_params.safetensors":
+                continue  # written from format 1's later runs on; older artifacts lack it
             raise ArtifactError(f"{p}: {name} is missing; the run may not have finished")
+        check_safetensors(file)
     return Artifact(p, manifest)
