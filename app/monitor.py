@@ -79,11 +79,15 @@ def main_metric(metrics: dict[str, Any] | None) -> tuple[str, float] | None:
     return None
 
 
-def status_text(job: Job) -> str:
+def status_text(job: Job, now: datetime | None = None) -> str:
     if job.status == Status.RUNNING and job.cancel_requested:
         return "CANCELLING"
     if job.status == Status.QUEUED and job.attempts:
         return "QUEUED (resumes)"
+    lease = _utc(job.lease_expires_at)
+    if job.status == Status.RUNNING and lease is not None and (now or datetime.now(UTC)) > lease:
+        # Its worker stopped renewing the lease: dead (a reaper requeues it), or unable to write the store.
+        return f"RUNNING (no heartbeat for {format_seconds(((now or datetime.now(UTC)) - lease).total_seconds())})"
     return str(job.status)
 
 
@@ -102,7 +106,7 @@ def job_row(job: Job, result: Result | None, now: datetime | None = None) -> lis
     else:
         outcome = ""
     spec = job.spec
-    return [job.id, status_text(job), progress(job), format_seconds(elapsed_seconds(job, now)),
+    return [job.id, status_text(job, now), progress(job), format_seconds(elapsed_seconds(job, now)),
             spec.get("method", {}).get("name"), knobs(spec), str(spec.get("model", {}).get("name"))[-40:],
             data_name(spec)[-40:], outcome, f"{result.trainable_params:,}" if result else ""]
 
@@ -240,19 +244,20 @@ def cancel_job(job_id: int) -> str:
     return f"Job {job_id}: {'cancel requested' if status == Status.RUNNING else status}"
 
 
-RETRYABLE = (Status.FAILED, Status.CANCELLED, Status.PRUNED)
+RETRYABLE = (Status.FAILED, Status.CANCELLED, Status.PRUNED, Status.OUT_OF_MEMORY)
 
 
 def retry_job(job_id: int) -> int:
-    """A failed, cancelled or pruned job runs again as a new job with the same settings (validated again); a pruned
-    trial's rerun is an ordinary job, outside its study, so nothing prunes it."""
+    """A failed, cancelled, pruned or out-of-memory job runs again as a new job with the same settings (validated
+    again); a pruned trial's rerun is an ordinary job, outside its study, so nothing prunes it."""
     from jobs.tasks import submit
 
     job = read(store.get_job, job_id=int(job_id))
     if job is None:
         raise ConfigError(f"no job {job_id}")
     if job.status not in RETRYABLE:
-        raise ConfigError(f"job {job_id} is {job.status}: only a failed, cancelled or pruned job can be retried")
+        raise ConfigError(f"job {job_id} is {job.status}: only a failed, cancelled, pruned or out-of-memory job can "
+                          "be retried")
     return submit(spec_from_dict(job.spec), max_attempts=job.max_attempts)
 
 

@@ -3,11 +3,13 @@
 It runs `core.train.fit` with two listeners of its own: `MetricWriter` (events -> metric rows, in batches) and
 `StopCheck` (fit's should_stop: SIGTERM from the worker, cancel in the store, the job taken over, the worker gone).
 It sends one message back through a pipe and exits:
-    ("done", FitResult.to_json()) | ("stopped", why) | ("pruned", why) | ("error", message) | ("crash", traceback)
+    ("done", FitResult.to_json()) | ("stopped", why) | ("pruned", why) | ("error", message) | ("oom", message)
+    | ("crash", traceback)
 "pruned": a study's pruner stopped the trial after an evaluation (jobs.studies.PruningHook): the job ends PRUNED.
-"error" is a LampError that a retry would repeat (bad data, divergence, out of memory): the job FAILS. Anything
-else, or dying without a message, is a crash: the job is retried from its checkpoint. Imports of torch and core
-stay inside functions so that CUDA_VISIBLE_DEVICES is set before torch loads.
+"oom": any allocation failure (jobs.failures): the job ends OUT_OF_MEMORY at once, with the settings that caused it.
+"error" is a LampError that a retry would repeat (bad data, divergence, a full or read-only disk): the job FAILS.
+Anything else, or dying without a message, is a crash: the job is retried from its checkpoint. Imports of torch and
+core stay inside functions so that CUDA_VISIBLE_DEVICES is set before torch loads.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class MetricWriter:
         self.job_id, self.attempt, self.url, self.out_dir = job_id, attempt, url, out_dir
         self.points: list[Point] = []
         self.step: int | None = None
+        self.last_step = 0
+        """The last training step seen (an out-of-memory message says where it happened)."""
         self.last_flush = time.monotonic()
         self.fenced = False
         """Set when the store refused a write: the job is no longer this attempt's."""
@@ -72,7 +76,7 @@ class MetricWriter:
         new = event_points(event.kind, event.step, event.data)
         self.points += new
         if event.kind == "step":
-            self.step = event.step
+            self.step = self.last_step = event.step
         urgent = event.kind in ("eval", "test", "done")
         if urgent or len(self.points) >= FLUSH_POINTS or time.monotonic() - self.last_flush >= FLUSH_SECONDS:
             self.flush()
@@ -140,7 +144,7 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def train_attempt(job_id: int, attempt: int, url: str, out_dir: str, visible_devices: str | None,
-                  threads: int | None, parent_pid: int, conn: Connection) -> None:
+                  threads: int | None, parent_pid: int, conn: Connection, memory_mb: float | None = None) -> None:
     """Entry point of the spawned process."""
     os.setsid()  # a terminal's Ctrl-C goes to the worker, which decides what the training does
     _die_with_parent(parent_pid)
@@ -151,7 +155,7 @@ def train_attempt(job_id: int, attempt: int, url: str, out_dir: str, visible_dev
     stop = StopCheck(job_id, attempt, url, parent_pid, writer)
     signal.signal(signal.SIGTERM, lambda *_: stop.signalled.set())  # the worker's "checkpoint and stop"
     try:
-        message = _train(job_id, url, Path(out_dir), threads, writer, stop)
+        message = _train(job_id, url, Path(out_dir), threads, writer, stop, memory_mb)
     except BaseException:  # a crash: the worker retries from the checkpoint
         message = ("crash", traceback.format_exc(limit=20))
     conn.send(message)
@@ -159,12 +163,13 @@ def train_attempt(job_id: int, attempt: int, url: str, out_dir: str, visible_dev
 
 
 def _train(job_id: int, url: str, out_dir: Path, threads: int | None, writer: MetricWriter,
-           stop: StopCheck) -> tuple[str, Any]:
+           stop: StopCheck, memory_mb: float | None = None) -> tuple[str, Any]:
     import torch
 
-    from core.errors import Cancelled, LampError
+    from core.errors import Cancelled
     from core.spec import spec_from_dict
     from core.train import fit
+    from jobs.failures import classify, limit_memory
 
     job = read(store.get_job, url=url, job_id=job_id)
     if job is None:
@@ -184,6 +189,7 @@ def _train(job_id: int, url: str, out_dir: Path, threads: int | None, writer: Me
     def should_stop() -> bool:
         return stop() or (pruner is not None and pruner.pruned)
 
+    limit_memory(memory_mb)
     try:
         result = fit(spec, out_dir, on_event=on_event, should_stop=should_stop)
     except Cancelled as exc:
@@ -191,8 +197,18 @@ def _train(job_id: int, url: str, out_dir: Path, threads: int | None, writer: Me
         if pruner is not None and pruner.pruned:
             return ("pruned", pruner.reason)
         return ("stopped", str(exc))
-    except LampError as exc:
-        writer.flush()
-        return ("error", f"{type(exc).__name__}: {exc}")
+    except Exception as exc:
+        ended = classify(exc, spec, writer.last_step, out_dir)
+        if ended is None and not _is_lamp_error(exc):
+            raise  # a crash: retried from the checkpoint
+        with contextlib.suppress(Exception):  # the points so far, if the store takes them
+            writer.flush()
+        return ended or ("error", f"{type(exc).__name__}: {exc}")
     writer.flush()
     return ("done", result.to_json())
+
+
+def _is_lamp_error(exc: BaseException) -> bool:
+    from core.errors import LampError
+
+    return isinstance(exc, LampError)

@@ -106,7 +106,7 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("jobs", help="list queued, running and finished jobs")
     p.add_argument("--status", default=None,
-                   choices=["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "PRUNED"])
+                   choices=["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "PRUNED", "OUT_OF_MEMORY"])
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true", help="a JSON list of objects with id, status, step, ...")
     p.set_defaults(handler=cmd_jobs)

@@ -33,9 +33,12 @@ class Status(StrEnum):
     CANCELLED = "CANCELLED"
     PRUNED = "PRUNED"
     """A study's pruner stopped it early: its validation metric was hopeless beside earlier trials at that step."""
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    """Training ran out of memory (any allocation failure, on any device): failed at once, never retried, with the
+    settings that asked for the memory."""
 
 
-FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.PRUNED)
+FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.PRUNED, Status.OUT_OF_MEMORY)
 
 
 class Outcome(StrEnum):
@@ -52,6 +55,7 @@ class Outcome(StrEnum):
     """The worker was shut down (SIGTERM) and gave the job back; does not count against max_attempts."""
     CANCELLED = "cancelled"
     PRUNED = "pruned"
+    OUT_OF_MEMORY = "out_of_memory"
 
 
 class Base(DeclarativeBase):
@@ -214,3 +218,26 @@ class StudyTrial(Base):
     note: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (UniqueConstraint("study_id", "number"),)
+
+
+class Upload(Base):
+    """A data file a dashboard user uploaded, kept at `$LAMP_HOME/uploads/<digest>/<name>`. The client knows it
+    only by its digest, and only its owner (the logged-in user, or the browser session on a server without a login)
+    can name it; the server never opens a path a client sent."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    """sha256 of the file's bytes, hex: the id the client is given."""
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    """`user:<name>` or `session:<gradio session hash>`."""
+    name: Mapped[str] = mapped_column(String(200))
+    """The file name the user gave, made safe; the file is `<digest>/<name>` under the uploads folder."""
+    size: Mapped[int] = mapped_column(BigInteger)
+    rows: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    used_at: Mapped[datetime] = mapped_column(default=utcnow)
+    """Last upload or job launch that named it; `lamp gc` removes uploads unused for the retention period."""
+
+    __table_args__ = (UniqueConstraint("digest", "owner"),)

@@ -5,7 +5,9 @@ workers never run it at once), spawns `jobs.child.train_attempt` with multiproce
 the child runs it heartbeats the lease and watches for cancel and shutdown. Then, from the child's message and exit:
 - done                        -> SUCCEEDED, with its result row;
 - pruned (a study's pruner)   -> PRUNED, with the pruner's reason;
-- error (LampError)           -> FAILED with the message (a retry would fail the same way);
+- error (LampError)           -> FAILED with the message (a retry would fail the same way: bad data, a full disk);
+- oom (any allocation failure, or SIGKILL while the kernel's OOM killer struck)
+                              -> OUT_OF_MEMORY at once, with the settings that asked for the memory;
 - cancel requested            -> CANCELLED (the child checkpoints and stops; killed if it takes > stop_grace);
 - worker shutting down        -> handed back: QUEUED again, resumed elsewhere from the checkpoint;
 - crash (killed, segfault...) -> QUEUED again with failures + 1, or FAILED with the reason at max_attempts;
@@ -28,9 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from core.backbone import lamp_home
+from core.errors import StorageError
 from jobs import store
 from jobs.child import train_attempt
 from jobs.db import database_url, read, transact
+from jobs.failures import memory_headroom_mb, oom_kills, oom_message, patient
 from jobs.models import FINISHED, Outcome, Status
 
 log = logging.getLogger(__name__)
@@ -52,6 +56,8 @@ class WorkerSettings:
     """A running job whose worker has not heartbeated for this long is requeued by the reaper."""
     stop_grace: float = field(default_factory=lambda: _env_float("LAMP_STOP_GRACE_SECONDS", 15.0))
     """Seconds a training process gets to checkpoint and exit after a cancel or shutdown, before SIGKILL."""
+    memory_mb: float | None = field(default_factory=memory_headroom_mb)
+    """LAMP_JOB_MEMORY_MB: what a CPU training process may allocate beyond its libraries (None: no cap)."""
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -75,6 +81,11 @@ class _Running:
 
 
 _running: dict[int, _Running] = {}
+
+
+def running_here() -> list[int]:
+    """The jobs this process's worker threads are running now."""
+    return list(_running)
 
 
 def artifacts_dir() -> Path:
@@ -129,7 +140,8 @@ def _supervise(job_id: int, attempt: int, running: _Running) -> tuple[Any, str |
     out_dir = artifacts_dir() / f"job-{job_id}"
     proc = ctx.Process(target=train_attempt, name=f"lamp-job-{job_id}", args=(
         job_id, attempt, database_url(), str(out_dir), settings.visible_devices(), settings.threads, os.getpid(),
-        writer))
+        writer, settings.memory_mb))
+    kills = oom_kills()
     proc.start()
     writer.close()  # the child holds the only writing end: its exit shows up here as EOF
     message: Any = None
@@ -137,7 +149,8 @@ def _supervise(job_id: int, attempt: int, running: _Running) -> tuple[Any, str |
     deadline: float | None = None
     next_beat = time.monotonic() + settings.heartbeat_seconds
     try:
-        transact(store.set_attempt_pid, job_id=job_id, attempt=attempt, pid=proc.pid)
+        with contextlib.suppress(StorageError):  # the store's disk is full: the child's own writes will say so
+            transact(store.set_attempt_pid, job_id=job_id, attempt=attempt, pid=proc.pid)
         while True:
             if reader.poll(0.2):
                 with contextlib.suppress(EOFError):
@@ -167,12 +180,33 @@ def _supervise(job_id: int, attempt: int, running: _Running) -> tuple[Any, str |
             proc.kill()
             proc.join()
         reader.close()
+    if message is None and reason is None and proc.exitcode == -signal.SIGKILL and kills is not None \
+            and (oom_kills() or 0) > kills:  # killed while the kernel's OOM killer struck: out of memory
+        message = ("oom", _killed_message(job_id))
     return message, reason, proc.exitcode
+
+
+def _killed_message(job_id: int) -> str:
+    from core.spec import spec_from_dict
+
+    job = read(store.get_job, job_id=job_id)
+    if job is None:
+        return "the kernel's OOM killer ended the training process (SIGKILL)"
+    return oom_message(spec_from_dict(job.spec), RuntimeError("the kernel's OOM killer ended the training process "
+                                                              "(SIGKILL)"), job.step)
+
+
+_quiet_until: dict[int, float] = {}
 
 
 def _heartbeat(job_id: int, attempt: int) -> store.Lease:
     try:
         return transact(store.heartbeat, job_id=job_id, attempt=attempt, lease_seconds=settings.lease_seconds)
+    except StorageError as exc:  # the store's disk is full: one line a minute, not a traceback every beat
+        if time.monotonic() >= _quiet_until.get(job_id, 0):
+            log.error("job %s: heartbeat not recorded: %s", job_id, exc)
+            _quiet_until[job_id] = time.monotonic() + 60
+        return "ok"
     except Exception:  # the store is unreachable: keep training; the lease decides if this lasts too long
         log.exception("job %s: heartbeat failed", job_id)
         return "ok"
@@ -192,28 +226,34 @@ def _describe_exit(exitcode: int | None) -> str:
     return f"training process exited with code {exitcode} without a result"
 
 
+def _record(fn: Callable[..., Any], job_id: int, **kwargs: Any) -> Any:
+    """Write a job's outcome, waiting (and saying so, once a minute) while the store's disk is full."""
+    return patient(fn, _shutting_down.is_set, f"job {job_id}: outcome", job_id=job_id, **kwargs)
+
+
 def _conclude(job_id: int, attempt: int, message: Any, reason: str | None, exitcode: int | None) -> Status | None:
     kind, payload = message if message else (None, None)
-    common: dict[str, Any] = {"job_id": job_id, "attempt": attempt}
     if reason == "lost":
         return None
     if kind == "done":
-        ok = transact(store.finish_job, **common, status=Status.SUCCEEDED, result=payload)
+        ok = _record(store.finish_job, job_id, attempt=attempt, status=Status.SUCCEEDED, result=payload)
         return Status.SUCCEEDED if ok else None
-    ended = {"error": Status.FAILED, "pruned": Status.PRUNED}.get(kind or "")
+    ended = {"error": Status.FAILED, "pruned": Status.PRUNED, "oom": Status.OUT_OF_MEMORY}.get(kind or "")
     if ended is not None:
-        return ended if transact(store.finish_job, **common, status=ended, error=payload) else None
+        return ended if _record(store.finish_job, job_id, attempt=attempt, status=ended, error=payload) else None
     job = read(store.get_job, job_id=job_id)
     if reason == "cancel" or (job is not None and job.cancel_requested):
         step = job.step if job is not None else "?"
-        ok = transact(store.finish_job, **common, status=Status.CANCELLED, error=f"cancelled at step {step}")
+        ok = _record(store.finish_job, job_id, attempt=attempt, status=Status.CANCELLED,
+                     error=f"cancelled at step {step}")
         return Status.CANCELLED if ok else None
     if reason == "hand_back":
-        return transact(store.release_job, **common, outcome=Outcome.HANDED_BACK,
-                        error=f"handed back by {worker_name()} (worker shutting down)")
+        return _record(store.release_job, job_id, attempt=attempt, outcome=Outcome.HANDED_BACK,
+                       error=f"handed back by {worker_name()} (worker shutting down)")
     # A crash, or a process that stopped on its own (an outside SIGTERM): retried from the checkpoint.
     error = {"crash": payload, "stopped": f"training stopped unasked: {payload}"}.get(kind or "")
-    return transact(store.release_job, **common, outcome=Outcome.CRASHED, error=error or _describe_exit(exitcode))
+    return _record(store.release_job, job_id, attempt=attempt, outcome=Outcome.CRASHED,
+                   error=error or _describe_exit(exitcode))
 
 
 def open_for_work() -> None:

@@ -161,8 +161,8 @@ def add_metrics(*, session: Session, job_id: int, attempt: int, points: Sequence
 
 def finish_job(*, session: Session, job_id: int, attempt: int, status: Status, error: str | None = None,
                result: dict[str, Any] | None = None) -> bool:
-    """End a running attempt for good: SUCCEEDED (with `result`, a FitResult.to_json()), FAILED, CANCELLED or
-    PRUNED."""
+    """End a running attempt for good: SUCCEEDED (with `result`, a FitResult.to_json()), FAILED, CANCELLED,
+    PRUNED or OUT_OF_MEMORY."""
     now = utcnow()
     values: dict[str, Any] = {"status": status, "finished_at": now, "lease_expires_at": None, "error": error}
     if result is not None:
@@ -170,8 +170,8 @@ def finish_job(*, session: Session, job_id: int, attempt: int, status: Status, e
     ok = session.execute(update(Job).where(_fence(job_id, attempt)).values(**values).returning(Job.id))
     if ok.scalar_one_or_none() is None:
         return False
-    outcome = {Status.SUCCEEDED: Outcome.SUCCEEDED, Status.FAILED: Outcome.FAILED,
-               Status.PRUNED: Outcome.PRUNED}.get(status, Outcome.CANCELLED)
+    outcome = {Status.SUCCEEDED: Outcome.SUCCEEDED, Status.FAILED: Outcome.FAILED, Status.PRUNED: Outcome.PRUNED,
+               Status.OUT_OF_MEMORY: Outcome.OUT_OF_MEMORY}.get(status, Outcome.CANCELLED)
     _update_attempt(session, job_id, attempt, outcome=outcome, ended_at=now, error=error)
     if result is not None:
         session.add(Result(job_id=job_id, **{k: result[k] for k in (
@@ -208,11 +208,14 @@ def release_job(*, session: Session, job_id: int, attempt: int, outcome: Outcome
     return Status(row.status)
 
 
-def requeue_expired(*, session: Session, now: Any = None) -> list[tuple[int, Status]]:
-    """Release every RUNNING job whose lease expired (its worker died): [(job id, new status)]."""
+def requeue_expired(*, session: Session, now: Any = None, alive: Sequence[int] = ()) -> list[tuple[int, Status]]:
+    """Release every RUNNING job whose lease expired (its worker died): [(job id, new status)]. `alive`: jobs the
+    caller's own process is running (their lease lapsed because the store could not be written, not because their
+    worker died: that worker records their outcome)."""
     now = now or utcnow()
     rows = session.execute(select(Job.id, Job.attempts, Job.worker, Job.lease_expires_at)
-                           .where(Job.status == Status.RUNNING, Job.lease_expires_at < now)).all()
+                           .where(Job.status == Status.RUNNING, Job.lease_expires_at < now,
+                                  Job.id.not_in(list(alive)))).all()
     released = []
     for row in rows:
         error = (f"worker {row.worker} stopped heartbeating; its lease expired at "

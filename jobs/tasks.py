@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from huey import signals
 from huey.consumer import Consumer
 
-from core.errors import ConfigError
+from core.errors import ConfigError, StorageError
 from core.spec import RunSpec, spec_to_dict, validate_spec
 from jobs import runner, store
 from jobs.db import read, transact, upgrade_database
@@ -63,7 +64,7 @@ def cancel(job_id: int) -> Status:
 def reap(stale_after: float = STALE_QUEUED_SECONDS) -> list[int]:
     """Requeue jobs whose worker died and re-send lost messages; returns the ids (re)queued."""
     sent = []
-    for job_id, status in transact(store.requeue_expired):
+    for job_id, status in transact(store.requeue_expired, alive=runner.running_here()):
         log.warning("job %s: its worker stopped heartbeating; now %s", job_id, status)
         if status == Status.QUEUED:
             enqueue(job_id)
@@ -90,12 +91,28 @@ def _hand_back(signal_name: str, task: Any, *args: Any, **kwargs: Any) -> None:
 def _reap_forever(stop: threading.Event, every: float) -> None:
     from jobs.studies import advance_all
 
+    quiet_until = 0.0
     while not stop.wait(every):
         try:
             reap()
             advance_all()  # studies whose trials ended without a worker noticing (a cancelled queued job, ...)
+        except StorageError as exc:  # the store's disk is full or read-only: one line a minute, not a traceback
+            if time.monotonic() >= quiet_until:
+                log.error("reaper: %s (retrying every %.0f s)", exc, every)
+                quiet_until = time.monotonic() + 60
         except Exception:  # the store or the broker is down for a moment: try again next time
             log.exception("reaper failed")
+
+
+def start_reaper(lease_seconds: float | None = None) -> Callable[[], None]:
+    """The reaper alone, for a process that runs no worker (`lamp serve --no-worker`): jobs whose worker died
+    elsewhere are still requeued (or FAILED) when their lease expires. Returns stop()."""
+    upgrade_database()
+    seconds = lease_seconds if lease_seconds is not None else runner.WorkerSettings().lease_seconds
+    stop = threading.Event()
+    every = max(0.5, min(5.0, seconds / 3))
+    threading.Thread(target=_reap_forever, args=(stop, every), name="lamp-reaper", daemon=True).start()
+    return stop.set
 
 
 class _EmbeddedConsumer(Consumer):

@@ -15,7 +15,7 @@ from test_jobs_support import postgres_database, service_url
 
 from jobs.db import alembic_config, current_revision, downgrade_database, get_engine, head_revision, upgrade_database
 
-TABLES = {"jobs", "job_attempts", "metric_points", "results", "lamp_studies", "lamp_study_trials"}
+TABLES = {"jobs", "job_attempts", "metric_points", "results", "lamp_studies", "lamp_study_trials", "uploads"}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -67,3 +67,20 @@ def test_workers_starting_together_migrate_once(empty_db: str) -> None:
     errors = [p.communicate(timeout=120)[1].decode() for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], errors
     assert _tables(empty_db) == TABLES and current_revision(empty_db) == head_revision()
+
+
+def test_0003_adds_uploads_and_its_downgrade_turns_out_of_memory_into_failed(empty_db: str) -> None:
+    from sqlalchemy import text
+
+    upgrade_database(empty_db, "0002")
+    with get_engine(empty_db).begin() as conn:
+        conn.execute(text("INSERT INTO jobs (id, spec, status, attempts, failures, max_attempts, cancel_requested, "
+                          "step, created_at) VALUES (1, '{}', 'QUEUED', 0, 0, 3, false, 0, '2026-01-01')"))
+    upgrade_database(empty_db)
+    assert "uploads" in _tables(empty_db)
+    with get_engine(empty_db).begin() as conn:
+        conn.execute(text("UPDATE jobs SET status = 'OUT_OF_MEMORY' WHERE id = 1"))
+    downgrade_database(empty_db, "0002")
+    with get_engine(empty_db).connect() as conn:
+        assert conn.execute(text("SELECT status FROM jobs")).scalar_one() == "FAILED"
+    assert "uploads" not in _tables(empty_db)
