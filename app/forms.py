@@ -10,6 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from app.access import Access, check_data_dir, check_model
 from core.errors import ConfigError, DataError, LampError
 from core.methods import METHODS, LampConfig, method_config
 from core.spec import DEFAULT_LR, DEFAULT_STEPS, DataConfig, ModelConfig, RunSpec, TrainConfig, validate_spec
@@ -22,10 +23,10 @@ SOURCES = ("built-in task", OWN_DATA)
 FIELDS = (
     "model", "dtype", "quantize", "source", "task", "data_file", "text_column", "template", "label_column", "kind",
     "method", "length", "rank", "pool", "steps", "batch_size", "lr", "weight_decay", "max_length", "eval_every",
-    "seed", "device", "max_attempts", "init_from",
+    "seed", "device", "max_attempts", "init_from", "data_dir",
 )
 DEFAULTS: dict[str, Any] = {
-    "model": "default", "dtype": "float32", "quantize": "none", "source": "built-in task",
+    "model": "default", "dtype": "float32", "quantize": "none", "source": "built-in task", "data_dir": None,
     "task": "rotten_tomatoes", "data_file": "", "text_column": None, "template": "", "label_column": None,
     "kind": "auto", "method": "lamp", "length": 100, "rank": 8, "pool": 4, "steps": DEFAULT_STEPS,
     "batch_size": 16, "lr": "", "weight_decay": 1e-5, "max_length": 256, "eval_every": 50, "seed": 42,
@@ -78,6 +79,7 @@ _FIELD_OF = {
     "eval_every": "eval_every", "device": "device", "length": "length", "rank": "rank", "pool": "pool",
     "method": "method", "init": "method", "max_attempts": "max_attempts", "text_column": "text_column",
     "label_column": "label_column", "template": "template", "seed": "seed", "init_from": "init_from",
+    "data_dir": "data_dir",
 }
 
 
@@ -129,9 +131,11 @@ def _float(values: dict[str, Any], name: str, problems: dict[str, str]) -> float
         return None
 
 
-def spec_from_form(values: dict[str, Any]) -> tuple[RunSpec, int]:
+def spec_from_form(values: dict[str, Any], access: Access | None = None) -> tuple[RunSpec, int]:
     """The job's settings and max attempts, checked as `lamp submit` checks them. FormError lists every problem,
-    each under its field."""
+    each under its field. Only what `access` allows is named: the owner's uploads (by id), `default` or a hub id or
+    a folder inside the allowed ones, a job id to start from."""
+    access = access or Access()
     v = {**DEFAULTS, **{k: val for k, val in values.items() if k in FIELDS}}
     problems: dict[str, str] = {}
     ints = {n: _int(v, n, problems) for n in ("length", "rank", "pool", "steps", "batch_size", "max_length",
@@ -140,18 +144,18 @@ def spec_from_form(values: dict[str, Any]) -> tuple[RunSpec, int]:
     init_from = _init_from(v["init_from"], problems)
     if problems:
         raise FormError(problems)
+    model = _checked(problems, "model", check_model, v["model"], access.allowed_dirs)
     try:
         method = method_config(str(v["method"]), length=ints["length"], rank=ints["rank"], pool=ints["pool"])
     except ConfigError as exc:
         _add(problems, str(exc))
         method = LampConfig()
     own = v["source"] == OWN_DATA
-    data_file = str(v["data_file"] or "") or None
-    if own and data_file is None:
-        problems["data_file"] = "upload a CSV, TSV, JSONL or Parquet file"
+    data_file = _data_file(v["data_file"], access, problems) if own else None
+    data_dir = None if own else _checked(problems, "data_dir", check_data_dir, v["data_dir"], access.allowed_dirs)
     template = (v["template"] or "").strip() or None
     data = DataConfig(
-        task=None if own else (v["task"] or None), train_file=data_file if own else None,
+        task=None if own else (v["task"] or None), train_file=data_file, data_dir=data_dir,
         text_column=None if (template or not own) else (v["text_column"] or None), template=template if own else None,
         label_column=(v["label_column"] or None) if own else None, kind=v["kind"] if own else "auto",
     )
@@ -162,7 +166,7 @@ def spec_from_form(values: dict[str, Any]) -> tuple[RunSpec, int]:
     if not own and not data.task:
         problems["task"] = f"pick a task: {', '.join(BUILTIN_TASKS)}"
     spec = RunSpec(
-        model=ModelConfig(str(v["model"] or "").strip(), v["dtype"], v["quantize"]),
+        model=ModelConfig(model or "default", v["dtype"], v["quantize"]),
         method=method,
         data=data,
         train=TrainConfig(steps=ints["steps"], batch_size=ints["batch_size"] or 0, lr=lr,
@@ -181,18 +185,44 @@ def spec_from_form(values: dict[str, Any]) -> tuple[RunSpec, int]:
     if (ints["max_attempts"] or 0) < 1:
         problems["max_attempts"] = "must be at least 1"
     if own and data_file and not problems:
-        check_data(spec.data, problems)
+        check_data(spec.data, problems, access)
     if problems:
         raise FormError(problems)
     return spec, ints["max_attempts"] or 3
 
 
+def _checked(problems: dict[str, str], name: str, check: Any, value: Any, allowed: Any) -> Any:
+    try:
+        return check(value, allowed)
+    except ConfigError as exc:
+        problems[name] = str(exc)
+        return None
+
+
+def _data_file(value: Any, access: Access, problems: dict[str, str]) -> str | None:
+    """The owner's upload behind the form's id (the form never carries a path)."""
+    from app.uploads import resolve_upload
+
+    if not value:
+        problems["data_file"] = "upload a CSV, TSV, JSONL or Parquet file"
+        return None
+    try:
+        return str(resolve_upload(value, owner=access.owner))
+    except DataError as exc:
+        problems["data_file"] = str(exc)
+        return None
+
+
 def _init_from(value: Any, problems: dict[str, str]) -> str | None:
-    """"Start from job": a succeeded job's id (or an artifact directory) -> the directory the spec records."""
+    """"Start from job": a succeeded job's id -> its artifact directory (the dashboard takes no directory)."""
     if value is None or str(value).strip() == "":
         return None
     from jobs.warm import resolve_init_from
 
+    text = str(value).strip().lstrip("#")
+    if isinstance(value, str) and not text.isdigit():
+        problems["init_from"] = f"init_from={value!r}: give the number of a succeeded job"
+        return None
     try:
         return resolve_init_from(value)
     except ConfigError as exc:
@@ -200,18 +230,21 @@ def _init_from(value: Any, problems: dict[str, str]) -> str | None:
         return None
 
 
-def check_data(data: DataConfig, problems: dict[str, str]) -> None:
-    """Read the user's file as the job will, so that a bad column or a one-class label shows before queueing."""
-    from core.tasks import load_user_task
+def check_data(data: DataConfig, problems: dict[str, str], access: Access | None = None) -> None:
+    """Check the user's file as the job will read it (one streaming pass, within the upload limits), so that a bad
+    column or a one-class label shows before queueing."""
+    from core.tasks.files import check_user_files
 
     assert data.train_file is not None
     try:
-        load_user_task(data.train_file, data.eval_file, text_column=data.text_column, label_column=data.label_column,
-                       template=data.template, kind=data.kind)
+        check_user_files(data.train_file, data.eval_file, text_column=data.text_column,
+                         label_column=data.label_column, template=data.template, kind=data.kind,
+                         limits=(access or Access()).limits)
     except (DataError, ConfigError) as exc:
         text = str(exc).replace(data.train_file, Path(data.train_file).name)
         lowered = text.lower()
-        if data.label_column and data.label_column in text and "label" in lowered:
+        if text.startswith("label_column=") or (data.label_column and data.label_column in text
+                                                and "label" in lowered):
             problems["label_column"] = text
         elif "column" in lowered and data.text_column and data.text_column in text:
             problems["text_column"] = text
@@ -228,12 +261,18 @@ def hidden_size_of(model: str) -> int | None:
     return config_hidden_size(model)
 
 
-def param_summary(model: str, method: str, length: Any, rank: Any, pool: Any) -> str:
-    """Markdown: the trainable parameters of these knobs and what the backbone will see."""
+def param_summary(model: str, method: str, length: Any, rank: Any, pool: Any,
+                  allowed_dirs: tuple[Path, ...] = ()) -> str:
+    """Markdown: the trainable parameters of these knobs and what the backbone will see. The model's config is
+    read only for a name the dashboard accepts (`default`, a hub id in the local cache, an allowed folder)."""
     try:
         config = method_config(method, length=int(length), rank=int(rank), pool=int(pool))
     except (ConfigError, TypeError, ValueError) as exc:
         return f"**Trainable parameters:** fix the knobs first: {str(exc).splitlines()[0]}"
+    try:
+        model = check_model(model, allowed_dirs)
+    except ConfigError as exc:
+        return f"**Trainable parameters:** fix the model first: {exc}"
     hidden = hidden_size_of(model)
     tokens = getattr(config, "prompt_tokens", config.length)
     formula = {"lamp": "l·r + r + r·d", "prompt-tuning": "l·d", "dpt": "l·r + r·d"}[method]
@@ -273,14 +312,14 @@ def _widths(key: tuple[Any, ...], spec_json: str) -> Any:
     return data_widths(spec_from_dict(json.loads(spec_json)))
 
 
-def cost_summary(values: dict[str, Any]) -> str:
+def cost_summary(values: dict[str, Any], access: Access | None = None) -> str:
     """Markdown: the estimate of `lamp estimate` for the form's settings (data widths cached per data setting)."""
     from core.estimate import estimate
     from core.spec import spec_to_dict
     from jobs.estimates import timed_from_history
 
     try:
-        spec, _ = spec_from_form(values)
+        spec, _ = spec_from_form(values, access)
     except FormError:
         return "**Cost:** fix the form's problems first."
     if spec.model.name == "default":

@@ -41,7 +41,7 @@ def build_ui(settings: ServeSettings | None = None) -> gr.Blocks:
             with gr.Tab("Playground", id="playground", elem_id="tab-playground") as play_tab:
                 play_picker = playground.build(settings)
             with gr.Tab("Study", id="study", elem_id="tab-study") as study_tab:
-                sweep = study.build()
+                sweep = study.build(settings)
 
         # A launched job opens in the Jobs tab.
         def follow(job_id: float | None) -> list[Any]:

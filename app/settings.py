@@ -9,11 +9,27 @@ from typing import Any
 
 from core.backbone import lamp_home
 from core.errors import ConfigError
+from core.tasks.reading import Limits
 
 AUTH_ENV = "LAMP_AUTH"
 """`user:password` (or several, comma-separated) to require a login, as `lamp serve --auth` does."""
 MAX_UPLOAD_ENV = "LAMP_MAX_UPLOAD_MB"
 DEFAULT_MAX_UPLOAD_MB = 200
+UPLOAD_QUOTA_ENV, DEFAULT_UPLOAD_QUOTA_MB = "LAMP_UPLOAD_QUOTA_MB", 1024
+"""What one user (or browser session) keeps under uploads/; over it, their least recently used uploads go."""
+UPLOADS_TOTAL_ENV, DEFAULT_UPLOADS_TOTAL_MB = "LAMP_UPLOADS_TOTAL_MB", 10240
+"""What all uploads together may take; over it, new uploads are refused until `lamp gc` or the retention frees."""
+RETENTION_ENV, DEFAULT_RETENTION_DAYS = "LAMP_UPLOAD_RETENTION_DAYS", 30
+"""Uploads unused (no upload, no job launch) for this many days are removed by `lamp gc` and by the server."""
+MAX_ROWS_ENV = "LAMP_MAX_ROWS"
+
+
+@dataclass(frozen=True)
+class Quota:
+    """How much uploaded data one owner, and everyone together, may keep under uploads/."""
+
+    owner_bytes: int = DEFAULT_UPLOAD_QUOTA_MB * 2**20
+    total_bytes: int = DEFAULT_UPLOADS_TOTAL_MB * 2**20
 
 
 @dataclass(frozen=True)
@@ -29,10 +45,24 @@ class ServeSettings:
     max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB
     playground_device: str = "cpu"
     """The playground runs tuned prompts in the web process; the CPU keeps GPUs free for training."""
+    allowed_dirs: tuple[Path, ...] = ()
+    """Folders (and their subfolders) users may name as a model folder or a task's data folder."""
+    max_rows: int = Limits.max_rows
+    upload_quota_mb: int = DEFAULT_UPLOAD_QUOTA_MB
+    uploads_total_mb: int = DEFAULT_UPLOADS_TOTAL_MB
+    retention_days: float = DEFAULT_RETENTION_DAYS
 
     @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 2**20
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(max_bytes=self.max_upload_bytes, max_rows=self.max_rows)
+
+    @property
+    def quota(self) -> Quota:
+        return Quota(self.upload_quota_mb * 2**20, self.uploads_total_mb * 2**20)
 
 
 def parse_auth(value: str | None) -> tuple[tuple[str, str], ...]:
@@ -52,17 +82,22 @@ def env_auth() -> tuple[tuple[str, str], ...]:
     return parse_auth(os.environ.get(AUTH_ENV))
 
 
-def env_max_upload_mb() -> int:
-    raw = os.environ.get(MAX_UPLOAD_ENV)
+def env_int(name: str, default: int) -> int:
+    """A whole number >= 1 from the environment (`default` when unset)."""
+    raw = os.environ.get(name)
     if not raw:
-        return DEFAULT_MAX_UPLOAD_MB
+        return default
     try:
         value = int(raw)
     except ValueError as exc:
-        raise ConfigError(f"{MAX_UPLOAD_ENV}={raw!r}: give a whole number of MiB") from exc
+        raise ConfigError(f"{name}={raw!r}: give a whole number") from exc
     if value < 1:
-        raise ConfigError(f"{MAX_UPLOAD_ENV}={value}: must be at least 1")
+        raise ConfigError(f"{name}={value}: must be at least 1")
     return value
+
+
+def env_max_upload_mb() -> int:
+    return env_int(MAX_UPLOAD_ENV, DEFAULT_MAX_UPLOAD_MB)
 
 
 def app_dir(name: str) -> Path:
@@ -74,6 +109,11 @@ def app_dir(name: str) -> Path:
 
 def uploads_dir() -> Path:
     return app_dir("uploads")
+
+
+def gradio_temp_dir() -> Path:
+    """Where Gradio puts what clients post to its upload route (app.server points GRADIO_TEMP_DIR here)."""
+    return Path(os.environ.get("GRADIO_TEMP_DIR") or app_dir("gradio-tmp"))
 
 
 def exports_dir() -> Path:

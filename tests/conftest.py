@@ -94,3 +94,21 @@ def sentiment_csv(tmp_path: Path) -> Path:
     path = tmp_path / "reviews.csv"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@pytest.fixture()
+def access(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """What a dashboard user may name in tests: its own uploads, and (as `lamp serve --allow-dir` would offer)
+    every folder the tests make, the tiny models among them."""
+    from app.access import Access
+
+    return Access(owner="user:test", allowed_dirs=(tmp_path_factory.getbasetemp().resolve(),))
+
+
+@pytest.fixture()
+def gradio_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Gradio's upload folder (a server points GRADIO_TEMP_DIR at $LAMP_HOME/gradio-tmp)."""
+    folder = tmp_path / "gradio-upload"
+    folder.mkdir()
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(folder))
+    return folder

@@ -13,8 +13,9 @@ import pytest
 from test_jobs_support import tiny_spec, worker_store
 
 from app import compare, forms, monitor, playground
+from app.access import Access
 from app.settings import parse_auth
-from app.uploads import accept_upload, guess_columns, open_upload
+from app.uploads import accept_upload, guess_columns, resolve_upload
 from core.errors import ConfigError, DataError
 from core.methods import LampConfig, trainable_param_counts
 from jobs import store
@@ -42,11 +43,17 @@ def _form(**changes: object) -> dict[str, object]:
 
 
 def _upload(tmp_path: Path, name: str, text: str) -> Path:
+    """A file as Gradio leaves it after a browser posted it: a folder of its own under its upload folder."""
     folder = tmp_path / "gradio-upload" / name
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
     path.write_text(text)
     return path
+
+
+def _uploaded(tmp_path: Path, access: Access, name: str, text: str) -> str:
+    """The id the dashboard gives the client for an accepted upload."""
+    return accept_upload(_upload(tmp_path, name, text), access=access).id
 
 
 # ---- New job form ----
@@ -79,24 +86,27 @@ def test_core_messages_map_to_form_fields() -> None:
     assert forms.field_of("something else entirely") == ""
 
 
-def test_own_data_needs_a_file_and_columns_and_a_label_with_two_classes(tmp_path: Path) -> None:
+def test_own_data_needs_a_file_and_columns_and_a_label_with_two_classes(store_env: Path, gradio_tmp: Path,
+                                                                       access: Access) -> None:
     with pytest.raises(forms.FormError) as info:
-        forms.spec_from_form(_form(source=forms.OWN_DATA))
+        forms.spec_from_form(_form(source=forms.OWN_DATA), access)
     assert set(info.value.problems) >= {"data_file", "text_column", "label_column"}
-    one_class = tmp_path / "one.csv"
-    one_class.write_text("text,label\n" + "".join(f"row {i},yes\n" for i in range(20)))
+    one_class = _uploaded(store_env, access, "one.csv", "text,label\n" + "".join(f"row {i},yes\n" for i in range(20)))
     with pytest.raises(forms.FormError) as info:
-        forms.spec_from_form(_form(source=forms.OWN_DATA, data_file=str(one_class), text_column="text",
-                                   label_column="label", kind="classification"))
+        forms.spec_from_form(_form(source=forms.OWN_DATA, data_file=one_class, text_column="text",
+                                   label_column="label", kind="classification"), access)
     assert "label_column" in info.value.problems
     assert "one.csv" in info.value.problems["label_column"]
 
 
-def test_own_data_form_builds_the_same_spec_as_the_cli(sentiment_csv: Path) -> None:
-    spec, _ = forms.spec_from_form(_form(source=forms.OWN_DATA, data_file=str(sentiment_csv), text_column="review",
-                                         label_column="verdict", method="dpt", length=20, rank=4, lr="0.05"))
-    assert (spec.data.task, spec.data.train_file, spec.data.text_column, spec.data.label_column) == (
-        None, str(sentiment_csv), "review", "verdict")
+def test_own_data_form_builds_the_same_spec_as_the_cli(store_env: Path, gradio_tmp: Path, access: Access,
+                                                       sentiment_csv: Path) -> None:
+    upload = _uploaded(store_env, access, "reviews.csv", sentiment_csv.read_text())
+    spec, _ = forms.spec_from_form(_form(source=forms.OWN_DATA, data_file=upload, text_column="review",
+                                         label_column="verdict", method="dpt", length=20, rank=4, lr="0.05"), access)
+    assert (spec.data.task, Path(spec.data.train_file or "").name, spec.data.text_column, spec.data.label_column) == (
+        None, "reviews.csv", "review", "verdict")
+    assert Path(spec.data.train_file or "").read_text() == sentiment_csv.read_text()
     assert (spec.method.name, spec.train.lr) == ("dpt", 0.05)
 
 
@@ -109,40 +119,47 @@ def test_presets_fill_only_form_fields() -> None:
         forms.preset_values("nope")
 
 
-def test_parameter_count_follows_the_formulas(tiny_llama_dir: Path) -> None:
+def test_parameter_count_follows_the_formulas(tiny_llama_dir: Path, access: Access) -> None:
     text = forms.param_summary("default", "lamp", 100, 8, 4)
     assert f"{LampConfig(100, 8, 4).trainable_params(576):,}" in text and "**25** prompt tokens" in text
-    tiny = forms.param_summary(str(tiny_llama_dir), "prompt-tuning", 20, 8, 1)
+    tiny = forms.param_summary(str(tiny_llama_dir), "prompt-tuning", 20, 8, 1, access.allowed_dirs)
     assert f"{trainable_param_counts(32, 20, 8)['prompt-tuning']:,}" in tiny
     assert "fix the knobs" in forms.param_summary("default", "lamp", 100, 8, 3)
     assert "read when the job loads it" in forms.param_summary("no-such/model-id", "dpt", 100, 8, 1)
 
 
-def test_the_form_shows_the_cost_estimate(store_env: Path, tiny_llama_dir: Path, sentiment_csv: Path) -> None:
-    values = _form(model=str(tiny_llama_dir), source=forms.OWN_DATA, data_file=str(sentiment_csv),
+def test_the_form_shows_the_cost_estimate(store_env: Path, gradio_tmp: Path, access: Access, tiny_llama_dir: Path,
+                                          sentiment_csv: Path) -> None:
+    upload = _uploaded(store_env, access, "reviews.csv", sentiment_csv.read_text())
+    values = _form(model=str(tiny_llama_dir), source=forms.OWN_DATA, data_file=upload,
                    text_column="review", label_column="verdict", length=8, rank=4, pool=2, batch_size=4)
-    text = forms.cost_summary(values)
+    text = forms.cost_summary(values, access)
     assert text.startswith("**Cost (") and "peak memory" in text and "MiB" in text and "no earlier job" in text
-    assert "fix the form" in forms.cost_summary({**values, "rank": 99})
+    assert "fix the form" in forms.cost_summary({**values, "rank": 99}, access)
 
 
 # ---- uploads ----
 
-def test_an_upload_is_kept_under_lamp_home_and_the_temporary_file_removed(tmp_path: Path, sentiment_csv: Path
-                                                                          ) -> None:
-    temp = _upload(tmp_path, "reviews.csv", sentiment_csv.read_text())
-    data = accept_upload(temp, max_bytes=2**20)
+def test_an_upload_is_kept_under_lamp_home_and_the_temporary_file_removed(store_env: Path, gradio_tmp: Path,
+                                                                          access: Access, sentiment_csv: Path) -> None:
+    temp = _upload(store_env, "reviews.csv", sentiment_csv.read_text())
+    data = accept_upload(temp, access=access)
     assert not temp.exists() and not temp.parent.exists()
     assert data.path.is_file() and data.path.name == "reviews.csv" and "uploads" in data.path.parts
-    assert data.columns == ["review", "verdict"] and len(data.preview()) == 5
-    assert guess_columns(data.table) == ("review", "verdict")
-    assert open_upload(data.path, max_bytes=2**20).columns == ["review", "verdict"]
+    assert data.path.parent.name == data.id and len(data.id) == 64  # the client knows it by its sha256 only
+    assert data.columns == ["review", "verdict"] and len(data.preview()) == 5 and data.rows == 48
+    assert guess_columns(data.columns, data.sample) == ("review", "verdict")
+    assert resolve_upload(data.id, owner=access.owner) == data.path
+    with pytest.raises(DataError, match="not one of your uploads"):
+        resolve_upload(data.id, owner="session:someone-else")
     with pytest.raises(DataError, match="not a file uploaded"):
-        open_upload(sentiment_csv, max_bytes=2**20)
+        accept_upload(sentiment_csv, access=access)  # a path outside Gradio's upload folder is never read
+    assert sentiment_csv.is_file()
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet", "tsv"])
-def test_jsonl_parquet_and_tsv_uploads_are_read_like_csv(tmp_path: Path, fmt: str) -> None:
+def test_jsonl_parquet_and_tsv_uploads_are_read_like_csv(store_env: Path, gradio_tmp: Path, access: Access,
+                                                         tmp_path: Path, fmt: str) -> None:
     import pandas as pd
 
     frame = pd.DataFrame({"review": [f"a long review text number {i}" for i in range(12)],
@@ -156,9 +173,9 @@ def test_jsonl_parquet_and_tsv_uploads_are_read_like_csv(tmp_path: Path, fmt: st
         frame.to_parquet(temp)
     else:
         frame.to_csv(temp, sep="\t", index=False)
-    data = accept_upload(temp, max_bytes=2**20)
-    assert not temp.exists() and data.columns == ["review", "verdict"] and len(data.table.rows) == 12
-    assert guess_columns(data.table) == ("review", "verdict")
+    data = accept_upload(temp, access=access)
+    assert not temp.exists() and data.columns == ["review", "verdict"] and data.rows == 12
+    assert guess_columns(data.columns, data.sample) == ("review", "verdict")
 
 
 @pytest.mark.parametrize(("name", "text", "message"), [
@@ -167,10 +184,13 @@ def test_jsonl_parquet_and_tsv_uploads_are_read_like_csv(tmp_path: Path, fmt: st
     ("big.csv", "a,b\n" + "x,y\n" * 1000, "over the upload limit"),
     ("bad.jsonl", '{"a": 1}\nnot json\n', "bad.jsonl"),
 ])
-def test_a_bad_upload_says_what_is_wrong_and_is_removed(tmp_path: Path, name: str, text: str, message: str) -> None:
-    temp = _upload(tmp_path, name, text)
+def test_a_bad_upload_says_what_is_wrong_and_is_removed(store_env: Path, gradio_tmp: Path, name: str, text: str,
+                                                        message: str) -> None:
+    from core.tasks.reading import Limits
+
+    temp = _upload(store_env, name, text)
     with pytest.raises(DataError, match=message.replace("(", r"\(").replace(".", r"\.")):
-        accept_upload(temp, max_bytes=2000)
+        accept_upload(temp, access=Access(limits=Limits(max_bytes=2000)))
     assert not temp.exists()
 
 
@@ -243,7 +263,7 @@ def test_cancel_and_retry(store_env: Path, tiny_llama_dir: Path, sentiment_csv: 
     job = read(store.get_job, job_id=new_id)
     old = read(store.get_job, job_id=job_id)
     assert job is not None and old is not None and job.status == Status.QUEUED and job.spec == old.spec
-    with pytest.raises(ConfigError, match="only a failed, cancelled or pruned job"):
+    with pytest.raises(ConfigError, match="only a failed, cancelled, pruned or out-of-memory job"):
         monitor.retry_job(new_id)
     with pytest.raises(Exception, match="has not succeeded"):
         monitor.artifact_zip(new_id)
@@ -301,3 +321,26 @@ def test_the_page_builds_with_its_four_tabs(store_env: Path) -> None:
     ui = build_ui()
     ids = {getattr(block, "elem_id", None) for block in ui.blocks.values()}
     assert {"tab-new", "tab-jobs", "tab-compare", "tab-playground", "launch", "job-curves", "ask"} <= ids
+
+
+def test_only_offered_folders_and_job_ids_can_be_named(tmp_path: Path, access: Access) -> None:
+    offered = tmp_path / "offered"
+    (offered / "rte").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    mine = Access(owner="user:test", allowed_dirs=(offered.resolve(),))
+    spec, _ = forms.spec_from_form(_form(task="rte", data_dir=str(offered / "rte")), mine)
+    assert spec.data.data_dir == str((offered / "rte").resolve())
+    answers = set()
+    for path in (tmp_path / "outside", tmp_path / "missing", offered / ".." / "outside", "/etc"):
+        with pytest.raises(forms.FormError) as info:
+            forms.spec_from_form(_form(task="rte", data_dir=str(path), model=str(path)), mine)
+        assert set(info.value.problems) == {"data_dir", "model"}
+        answers.add(info.value.problems["data_dir"].replace(repr(str(path)), "X"))
+    assert len(answers) == 1  # the same answer whether the folder exists or not
+    (offered / "link").symlink_to(tmp_path / "outside")  # a link inside leads outside: refused too
+    with pytest.raises(forms.FormError, match="not a folder this dashboard offers"):
+        forms.spec_from_form(_form(task="rte", data_dir=str(offered / "link")), mine)
+    with pytest.raises(forms.FormError, match="give the number of a succeeded job"):
+        forms.spec_from_form(_form(init_from=str(offered)), mine)
+    assert forms.spec_from_form(_form(model="HuggingFaceTB/SmolLM2-135M"), mine)[0].model.name == \
+        "HuggingFaceTB/SmolLM2-135M"

@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -169,7 +170,7 @@ def test_submit_init_from_a_job_id(finished_job: int, tiny_llama_dir: Path, sent
 
 
 def test_the_form_puts_warm_start_problems_beside_its_field(finished_job: int, tiny_llama_dir: Path,
-                                                           tmp_path: Path) -> None:
+                                                           tmp_path: Path, access: Any) -> None:
     from app import forms
     from jobs import store
     from jobs.db import read
@@ -179,16 +180,16 @@ def test_the_form_puts_warm_start_problems_beside_its_field(finished_job: int, t
     (wide / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 48}))
     form = {**forms.DEFAULTS, "model": str(tiny_llama_dir), "length": 8, "rank": 4, "pool": 2}
     with pytest.raises(forms.FormError) as err:
-        forms.spec_from_form({**form, "model": str(wide), "init_from": finished_job})
+        forms.spec_from_form({**form, "model": str(wide), "init_from": finished_job}, access)
     assert set(err.value.problems) == {"init_from"}
     assert "hidden size 48" in err.value.problems["init_from"]
     with pytest.raises(forms.FormError) as err:
-        forms.spec_from_form({**form, "init_from": "999"})
+        forms.spec_from_form({**form, "init_from": "999"}, access)
     assert err.value.problems == {"init_from": "init_from: there is no job 999"}
     with pytest.raises(forms.FormError) as err:
-        forms.spec_from_form({**form, "length": 100, "init_from": finished_job})
+        forms.spec_from_form({**form, "length": 100, "init_from": finished_job}, access)
     assert "length l=8" in err.value.problems["init_from"]
-    spec, _ = forms.spec_from_form({**form, "init_from": float(finished_job)})  # as the dropdown sends it
+    spec, _ = forms.spec_from_form({**form, "init_from": float(finished_job)}, access)  # as the dropdown sends it
     result = read(store.get_result, job_id=finished_job)
     assert result is not None and spec.train.init_from == result.artifact
-    assert forms.spec_from_form({**form, "init_from": ""})[0].train.init_from is None
+    assert forms.spec_from_form({**form, "init_from": ""}, access)[0].train.init_from is None

@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 
 import gradio as gr
 
+from app.access import Access, owner_of
+from app.settings import ServeSettings
 from core.errors import LampError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -39,3 +41,8 @@ def keep_in_url(name: str) -> str:
   window.history.replaceState(null, "", url);
   return value;
 }}"""
+
+
+def access_for(settings: ServeSettings, request: gr.Request | None) -> Access:
+    """What this request's user may name on this server (its own uploads, the operator's folders)."""
+    return Access(owner=owner_of(request), allowed_dirs=settings.allowed_dirs, limits=settings.limits)

@@ -9,15 +9,16 @@ from typing import Any
 import gradio as gr
 
 from app import forms
-from app.components.common import friendly, warn
+from app.access import data_dir_choices
+from app.components.common import access_for, friendly, warn
 from app.settings import ServeSettings
 from app.uploads import accept_upload, guess_columns
-from core.errors import DataError
+from core.errors import DataError, LampError, StorageError
 from core.methods import METHODS
 from core.tasks import BUILTIN_TASKS
 
 INFO = {
-    "model": "`default` (the offline SmolLM2-135M-Instruct), a hub id, or a folder on the worker's disk",
+    "model": "`default` (the offline SmolLM2-135M-Instruct), a hub id, or a folder this server offers",
     "dtype": "of the frozen backbone; the prompt trains in float32",
     "quantize": "4bit = bitsandbytes NF4 (CUDA workers only)",
     "task": "built-in tasks; GLUE/SuperGLUE ones need the hub or a local copy",
@@ -40,6 +41,7 @@ INFO = {
     "max_attempts": "runs after a crash or a dead worker before the job fails",
     "init_from": "warm start from a succeeded job's prompt (pick one or type its id): same prompt length, a model "
                  "of the same hidden size",
+    "data_dir": "a local copy of the task's data among the folders this server offers; empty: the hub",
 }
 
 
@@ -93,6 +95,9 @@ def build(settings: ServeSettings) -> NewJobTab:
                                    elem_id="field-source")
             c["task"] = gr.Dropdown(list(BUILTIN_TASKS), value=d["task"], label="Built-in task", info=INFO["task"],
                                     elem_id="field-task")
+            offered = data_dir_choices(settings.allowed_dirs)
+            c["data_dir"] = gr.Dropdown([("the hub", ""), *offered], value="", label="Data folder (optional)",
+                                        info=INFO["data_dir"], elem_id="field-data-dir", visible=bool(offered))
             upload = gr.File(label=f"Your data: CSV, TSV, JSONL, JSON or Parquet (up to {settings.max_upload_mb} "
                              "MiB)", file_types=[".csv", ".tsv", ".jsonl", ".json", ".parquet"], elem_id="upload",
                              visible=False)
@@ -138,10 +143,10 @@ def build(settings: ServeSettings) -> NewJobTab:
 
     def on_source(source: str) -> list[Any]:
         own = source == forms.OWN_DATA
-        return [gr.update(visible=not own), gr.update(visible=own), gr.update(visible=own),
-                gr.update(visible=own)]
+        return [gr.update(visible=not own), gr.update(visible=not own and bool(offered)), gr.update(visible=own),
+                gr.update(visible=own), gr.update(visible=own)]
 
-    c["source"].change(on_source, c["source"], [c["task"], upload, columns_row, template_row])
+    c["source"].change(on_source, c["source"], [c["task"], c["data_dir"], upload, columns_row, template_row])
 
     def succeeded_jobs() -> Any:
         from app.monitor import job_choices
@@ -152,32 +157,34 @@ def build(settings: ServeSettings) -> NewJobTab:
     c["init_from"].focus(succeeded_jobs, None, c["init_from"], show_progress="hidden")
 
     @friendly
-    def on_upload(path: str | None) -> list[Any]:
+    def on_upload(request: gr.Request, path: str | None) -> list[Any]:
         if not path:
             return [gr.skip()] * 6
         try:
-            data = accept_upload(path, max_bytes=settings.max_upload_bytes)
-        except DataError as exc:
+            data = accept_upload(path, access=access_for(settings, request), quota=settings.quota)
+        except (DataError, StorageError) as exc:
             return ["", gr.update(value=None, visible=False), gr.update(choices=[], value=None),
                     gr.update(choices=[], value=None), warn(str(exc)), gr.update(value=None)]
-        text, label = guess_columns(data.table)
-        note = f"{len(data.table.rows):,} rows, columns: {', '.join(data.columns)}"
-        return [str(data.path), gr.update(value=data.preview(), visible=True, label=f"First rows · {note}"),
+        text, label = guess_columns(data.columns, data.sample)
+        note = f"{data.rows:,} rows, columns: {', '.join(data.columns)}"
+        return [data.id, gr.update(value=data.preview(), visible=True, label=f"First rows · {note}"),
                 gr.update(choices=data.columns, value=text), gr.update(choices=data.columns, value=label), "",
                 gr.skip()]
 
+    # The form keeps only the upload's id; two uploads are read at a time (each as a stream, within the limits).
     upload.upload(on_upload, upload, [c["data_file"], preview, c["text_column"], c["label_column"], upload_error,
-                                      upload])
+                                      upload], api_name="upload", concurrency_limit=2)
 
     def on_knobs(model: str, method: str, length: Any, rank: Any, pool: Any) -> list[Any]:
-        return [forms.param_summary(model, method, length, rank, pool),
+        return [forms.param_summary(model, method, length, rank, pool, settings.allowed_dirs),
                 gr.update(interactive=method != "prompt-tuning"), gr.update(interactive=method == "lamp"),
                 gr.update(info=forms.default_lr_note(method))]
 
     knob_inputs = [c["model"], c["method"], c["length"], c["rank"], c["pool"]]
     for comp in knob_inputs:
         (comp.blur if comp is c["model"] else comp.change)(
-            on_knobs, knob_inputs, [params, c["rank"], c["pool"], c["lr"]], show_progress="hidden")
+            on_knobs, knob_inputs, [params, c["rank"], c["pool"], c["lr"]], show_progress="hidden",
+            api_name="params" if comp is c["model"] else None)
 
     @friendly
     def on_preset(label: str | None) -> list[Any]:
@@ -188,34 +195,36 @@ def build(settings: ServeSettings) -> NewJobTab:
 
     preset.change(on_preset, preset, [preset_note, *inputs])
 
-    def on_cost(*values: Any) -> str:
-        return forms.cost_summary(dict(zip(forms.FIELDS, values, strict=True)))
+    def on_cost(request: gr.Request, *values: Any) -> str:
+        return forms.cost_summary(dict(zip(forms.FIELDS, values, strict=True)), access_for(settings, request))
 
     # The estimate follows the knobs; reading the data's widths the first time takes a few seconds, then is cached.
     cost_triggers = [c["model"].blur, *(c[n].change for n in forms.FIELDS if n != "model")]
     gr.on([estimate.click, *cost_triggers], on_cost, inputs, cost, show_progress="minimal",
-          trigger_mode="always_last", concurrency_limit=2)
+          trigger_mode="always_last", concurrency_limit=2, api_name="estimate")
 
-    def on_submit(*values: Any) -> list[Any]:
+    def on_submit(request: gr.Request, *values: Any) -> list[Any]:
         from jobs.tasks import submit as submit_job
 
         form = dict(zip(forms.FIELDS, values, strict=True))
         try:
-            spec, attempts = forms.spec_from_form(form)
-        except forms.FormError as exc:
+            spec, attempts = forms.spec_from_form(form, access_for(settings, request))
+            job_id = submit_job(spec, max_attempts=attempts)
+        except LampError as exc:
+            if not isinstance(exc, forms.FormError):  # the store's disk is full, ...: what happened and what to do
+                return [*_field_updates({}), "", warn(str(exc)), "", gr.skip()]
             problems = exc.problems
             general = [f"{k}: {v}" for k, v in problems.items() if k not in INFO and k != "data_file"]
             count = len(problems)
             return [*_field_updates(problems), warn(problems.get("data_file", "")),
                     warn(f"{count} problem(s) to fix before launching" + ("".join(f"\n- {g}" for g in general))),
                     "", gr.skip()]
-        job_id = submit_job(spec, max_attempts=attempts)
         return [*_field_updates({}), "", "",
                 f"Job **{job_id}** queued: {spec.method.name} on `{spec.model.name}`; follow it in the Jobs tab.",
                 job_id]
 
     submit.click(on_submit, inputs, [*with_info, upload_error, form_error, result, submitted],
-                 concurrency_limit=4)
+                 concurrency_limit=4, api_name="launch")
 
     # A problem shown beside a field goes away as soon as that field is edited.
     def clear(name: str) -> Any:

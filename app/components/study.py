@@ -9,8 +9,9 @@ from typing import Any
 import gradio as gr
 
 from app import study as handlers
-from app.components.common import friendly, keep_in_url, warn
+from app.components.common import access_for, friendly, keep_in_url, warn
 from app.forms import FormError
+from app.settings import ServeSettings
 from core.errors import ConfigError
 from core.methods import METHODS
 from core.tasks import BUILTIN_TASKS
@@ -18,7 +19,7 @@ from jobs.studies import COST_LABELS, COSTS, StudyNotFound, advance, cancel_stud
 
 POLL_SECONDS = 3.0
 INFO = {
-    "name": "to find it again", "model": "hub id, local folder, or `default`", "task": "built-in task",
+    "name": "to find it again", "model": "`default`, a hub id, or a folder this server offers", "task": "built-in task",
     "steps": "per trial; short trials rank settings, the relaunch trains the winner longer",
     "batch_size": "per trial", "max_length": "tokens of input", "eval_every": "steps between validations: "
     "the pruner's checkpoints", "max_eval_examples": "validation examples per evaluation",
@@ -47,7 +48,7 @@ def _field_updates(problems: dict[str, str]) -> list[Any]:
             for name in handlers.STUDY_FIELDS]
 
 
-def build() -> StudyTab:
+def build(settings: ServeSettings) -> StudyTab:
     d = handlers.STUDY_DEFAULTS
     c: dict[str, Any] = {}
     with gr.Accordion("New study", open=True, elem_id="new-study"):
@@ -129,16 +130,16 @@ def build() -> StudyTab:
     def values_of(args: tuple[Any, ...]) -> dict[str, Any]:
         return dict(zip(handlers.STUDY_FIELDS, args, strict=True))
 
-    def on_plan(*args: Any) -> list[Any]:
+    def on_plan(request: gr.Request, *args: Any) -> list[Any]:
         try:
-            plan = handlers.plan_from_form(values_of(args))
+            plan = handlers.plan_from_form(values_of(args), access_for(settings, request))
         except FormError as exc:
             return [*_field_updates(exc.problems), f"{len(exc.problems)} problem(s) to fix before launching"]
         return [*_field_updates({}), handlers.plan_text(plan)]
 
-    def on_launch(*args: Any) -> list[Any]:
+    def on_launch(request: gr.Request, *args: Any) -> list[Any]:
         try:
-            plan = handlers.plan_from_form(values_of(args))
+            plan = handlers.plan_from_form(values_of(args), access_for(settings, request))
             study = handlers.launch(plan)
         except FormError as exc:
             return [*_field_updates(exc.problems), gr.skip(), warn(f"{len(exc.problems)} problem(s) to fix"),
@@ -147,8 +148,9 @@ def build() -> StudyTab:
                 f"Study **#{study}** launched", gr.skip()]
 
     for name in ("methods", "lengths", "ranks", "pools", "lrs", "seeds", "mode", "trials", "objectives"):
-        c[name].change(on_plan, inputs, [*inputs, plan_note], show_progress="hidden")
-    launch.click(on_launch, inputs, [*inputs, picker, launched, plan_note])
+        c[name].change(on_plan, inputs, [*inputs, plan_note], show_progress="hidden",
+                       api_name="study_plan" if name == "methods" else None)
+    launch.click(on_launch, inputs, [*inputs, picker, launched, plan_note], api_name="study_launch")
     # Trials and sampler only mean something for a budget.
     c["mode"].change(lambda mode: [gr.update(interactive=mode == "budget")] * 2, c["mode"],
                      [c["trials"], c["sampler"]])
