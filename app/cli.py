@@ -1,11 +1,41 @@
-"""`lamp serve` (registered into core.cli's parser)."""
+"""`lamp serve` and `lamp gc` (registered into core.cli's parser)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 
-from app.settings import AUTH_ENV, MAX_UPLOAD_ENV, ServeSettings, env_auth, env_max_upload_mb, parse_auth
+from app.access import ALLOWED_DIRS_ENV, env_allowed_dirs, parse_allowed_dirs
+from app.settings import (
+    AUTH_ENV,
+    DEFAULT_RETENTION_DAYS,
+    MAX_ROWS_ENV,
+    MAX_UPLOAD_ENV,
+    RETENTION_ENV,
+    UPLOAD_QUOTA_ENV,
+    UPLOADS_TOTAL_ENV,
+    ServeSettings,
+    env_auth,
+    env_int,
+    env_max_upload_mb,
+    parse_auth,
+)
+from core.tasks.reading import Limits
+
+
+def _settings(a: argparse.Namespace) -> ServeSettings:
+    return ServeSettings(
+        host=a.host, port=a.port, worker=not a.no_worker, workers=a.workers, device=a.device,
+        auth=parse_auth(a.auth) if a.auth else env_auth(),
+        max_upload_mb=a.max_upload_mb if a.max_upload_mb is not None else env_max_upload_mb(),
+        playground_device=a.playground_device,
+        allowed_dirs=parse_allowed_dirs(a.allow_dir) if a.allow_dir else env_allowed_dirs(),
+        max_rows=a.max_rows if a.max_rows is not None else env_int(MAX_ROWS_ENV, Limits.max_rows),
+        upload_quota_mb=env_int(UPLOAD_QUOTA_ENV, ServeSettings.upload_quota_mb),
+        uploads_total_mb=env_int(UPLOADS_TOTAL_ENV, ServeSettings.uploads_total_mb),
+        retention_days=env_int(RETENTION_ENV, DEFAULT_RETENTION_DAYS),
+    )
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
@@ -14,16 +44,29 @@ def cmd_serve(a: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    settings = ServeSettings(
-        host=a.host, port=a.port, worker=not a.no_worker, workers=a.workers, device=a.device,
-        auth=parse_auth(a.auth) if a.auth else env_auth(),
-        max_upload_mb=a.max_upload_mb if a.max_upload_mb is not None else env_max_upload_mb(),
-        playground_device=a.playground_device,
-    )
+    settings = _settings(a)
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.auth:
         logging.getLogger("lamp.serve").warning(
             "serving on %s without a login: anyone who reaches this port can launch jobs; set --auth", a.host)
     serve(settings)
+    return 0
+
+
+def cmd_gc(a: argparse.Namespace) -> int:
+    from app.retention import collect
+    from jobs.db import upgrade_database
+
+    upgrade_database()
+    days = a.days if a.days is not None else env_int(RETENTION_ENV, DEFAULT_RETENTION_DAYS)
+    done = collect(retention_days=days, dry_run=a.dry_run)
+    if a.json:
+        print(json.dumps({"removed": done.removed, "freed_bytes": done.freed_bytes, "dry_run": a.dry_run}))
+        return 0
+    for path in done.removed:
+        print(path)
+    verb = "would free" if a.dry_run else "freed"
+    print(f"{len(done.removed)} file(s), {verb} {done.freed_bytes / 2**20:.1f} MiB (uploads unused for {days:g} "
+          "days, Gradio's temporary files older than an hour, downloads older than a day)")
     return 0
 
 
@@ -39,5 +82,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"require a login (several: a,b comma-separated; or set {AUTH_ENV})")
     p.add_argument("--max-upload-mb", type=int, default=None,
                    help=f"largest data file a user may upload (default 200; or set {MAX_UPLOAD_ENV})")
+    p.add_argument("--max-rows", type=int, default=None,
+                   help=f"most data rows an uploaded file may have (default {Limits.max_rows:,}; or {MAX_ROWS_ENV})")
+    p.add_argument("--allow-dir", action="append", default=None, metavar="DIR",
+                   help="a folder whose subfolders users may name as a model or a task's data folder (repeatable; "
+                        f"or {ALLOWED_DIRS_ENV}, separated by ':'); nothing else on this machine can be named")
     p.add_argument("--playground-device", default="cpu", help="where the playground runs tuned prompts")
     p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("gc", help="remove old uploads, Gradio's leftover temporary files and old downloads")
+    p.add_argument("--days", type=float, default=None,
+                   help=f"remove uploads unused for this many days (default {DEFAULT_RETENTION_DAYS}; or "
+                        f"{RETENTION_ENV}); those a queued or running job reads stay")
+    p.add_argument("--dry-run", action="store_true", help="list what would go, remove nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_gc)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
 import tempfile
+import threading
 from collections.abc import Callable
+from typing import Any
 
 from app.settings import ServeSettings, app_dir, exports_dir
 
 log = logging.getLogger(__name__)
+ORPHAN_UPLOAD_AGE_S = 600
+"""Gradio deletes what a client posted to its upload route and no handler took after this long."""
 
 
 def _private_temp_dir() -> str:
@@ -20,31 +26,93 @@ def _private_temp_dir() -> str:
     return str(path)
 
 
-def serve(settings: ServeSettings, *, block: bool = True, on_start: Callable[[str], None] | None = None) -> None:
-    """Migrate the store, start the embedded worker (unless settings.worker is False), serve until interrupted;
-    running jobs are handed back (checkpointed and queued again) when the server stops."""
-    from jobs.db import upgrade_database
+def check_port(host: str, port: int) -> None:
+    """ConfigError, before anything else starts (the embedded worker claims no job), if the port is taken."""
+    from core.errors import ConfigError
 
-    _private_temp_dir()
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    upgrade_database()
-    from app.interface import CSS, build_ui
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"port {port} on {host} is in use (another lamp serve?): stop that one, or pick "
+                                  "another port with --port") from None
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; check --host and --port") from None
 
-    ui = build_ui(settings)
-    stop_worker: Callable[[], None] | None = None
+
+def _guard(settings: ServeSettings) -> object:
+    from starlette.middleware import Middleware
+
+    from app.guard import Guard, GuardSettings
+    from app.settings import gradio_temp_dir
+
+    guard = GuardSettings(auth=bool(settings.auth), temp_dir=gradio_temp_dir(),
+                          temp_budget_bytes=8 * settings.max_upload_bytes)
+    return Middleware(Guard, settings=guard)
+
+
+def _background(settings: ServeSettings) -> Callable[[], None]:
+    """The embedded worker (or, on a UI-only server, the reaper alone) and the retention sweep; returns stop()."""
+    from app.retention import sweep_forever
+
+    stop = threading.Event()
+    threading.Thread(target=sweep_forever, args=(stop, settings.retention_days), name="lamp-retention",
+                     daemon=True).start()
     if settings.worker:
         from jobs.tasks import start_embedded_worker
 
         stop_worker = start_embedded_worker(workers=settings.workers, device=settings.device)
+    else:  # no worker here: jobs whose worker died elsewhere must still leave RUNNING
+        from jobs.tasks import start_reaper
+
+        stop_worker = start_reaper()
+
+    def stop_all() -> None:
+        stop.set()
+        stop_worker()
+
+    return stop_all
+
+
+def _launch(ui: Any, settings: ServeSettings, css: str) -> None:
+    from core.errors import ConfigError
+
     try:
-        ui.queue(default_concurrency_limit=4)
         ui.launch(
             server_name=settings.host, server_port=settings.port, share=False, inbrowser=False,
             auth=list(settings.auth) or None, auth_message="LAMP Studio: sign in",
             max_file_size=settings.max_upload_bytes, allowed_paths=[str(exports_dir())],
-            show_error=True, prevent_thread_lock=True, quiet=True, ssr_mode=False, css=CSS,
+            show_error=True, prevent_thread_lock=True, quiet=True, ssr_mode=False, css=css,
             footer_links=["settings"], enable_monitoring=False, mcp_server=False, pwa=False,
+            app_kwargs={"middleware": [_guard(settings)], "openapi_url": None, "docs_url": None,
+                        "redoc_url": None},
         )
+    except OSError as exc:  # the port was taken between check_port and now
+        raise ConfigError(f"cannot listen on {settings.host}:{settings.port}: {exc}; pick another port with --port"
+                          ) from None
+
+
+def serve(settings: ServeSettings, *, block: bool = True, on_start: Callable[[str], None] | None = None) -> None:
+    """Migrate the store, listen, then start the embedded worker (unless settings.worker is False: then only the
+    reaper), serve until interrupted; running jobs are handed back (checkpointed and queued again) when the server
+    stops."""
+    from jobs.db import upgrade_database
+
+    _private_temp_dir()
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    check_port(settings.host, settings.port)
+    upgrade_database()
+    from app.interface import CSS, build_ui
+
+    ui = build_ui(settings)
+    ui.delete_cache = (ORPHAN_UPLOAD_AGE_S // 2, ORPHAN_UPLOAD_AGE_S)
+    stop: Callable[[], None] | None = None
+    try:
+        ui.queue(default_concurrency_limit=4)
+        _launch(ui, settings, CSS)
+        stop = _background(settings)  # only now: a server that cannot listen never claims a job
         local = f"http://{settings.host}:{settings.port}/"
         print(f"LAMP Studio on {local}" + (" (login required)" if settings.auth else ""), flush=True)
         if on_start is not None:
@@ -53,6 +121,6 @@ def serve(settings: ServeSettings, *, block: bool = True, on_start: Callable[[st
             ui.block_thread()
     finally:
         if block:
-            if stop_worker is not None:
-                stop_worker()
+            if stop is not None:
+                stop()
             ui.close()

@@ -79,7 +79,9 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     _need_browser()
-    srv = Server(tmp_path_factory.mktemp("serve-home"), "--max-upload-mb", "1")
+    # The tiny models live in pytest's folders: the server offers them (--allow-dir), as an operator would.
+    srv = Server(tmp_path_factory.mktemp("serve-home"), "--max-upload-mb", "1", "--allow-dir",
+                 str(tmp_path_factory.getbasetemp().resolve()))
     yield srv
     srv.stop()
 
