@@ -20,7 +20,7 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
                                                             "spread_ms")],
     "accuracy": [("budget", "budget", "s"), ("contender", "contender", "s"), ("steps", "steps", "d"),
                  ("test accuracy: mean ± std [95% interval]", "accuracy", "interval"), ("seeds", "per_seed", "list"),
-                 ("s per step", "step_s", ".2f"), ("training s", "train_s", ".0f")],
+                 ("s per step (median)", "step_s", ".2f"), ("training s", "train_s", ".0f")],
     "growth": [("contender", "contender", "s"), ("l", "length", "d"), ("prompt tokens", "prompt_tokens", "d"),
                ("step s (median [min-max])", "step_s", "spread"), ("peak MiB above model", "peak_mib", ".0f")],
     "serving": [("contender", "contender", "s"), ("queries per call", "queries_per_call", "d"),
@@ -102,8 +102,9 @@ def markdown(result: dict[str, Any], command: str) -> str:
         "accuracy": f"Task {s['task']}, {_test_examples(s['eval_examples'])}; "
                     f"{s['seeds']} seeds from {s['seed']} (prompt init and data order; the split is fixed). "
                     f"Budget `steps`: {s['accuracy_steps']} steps of batch {s['accuracy_batch_size']} each; "
-                    "`time`: each trains as many steps as fit in the training time the slowest contender "
-                    "needed for those steps (its seconds per step measured in the `steps` runs). Each method "
+                    "`time`: each of our methods trains as many steps as fit in the training time the slowest of "
+                    "them needed for those steps (seconds per step: the median step of the `steps` runs); PEFT "
+                    "sets no budget. Each method "
                     "at its own defaults (core.spec.RECIPES), the best validation checkpoint tested; PEFT at "
                     "prompt tuning's recipe by an explicit loop on the same batches, schedule and validation "
                     "steps, its best validation prompt scored by the same code. The interval is Student's t "

@@ -290,7 +290,7 @@ def fit(
             train_seconds, seen = train_seconds + elapsed, seen + len(idx)
             norms = _norms(prompt(), vocab_norm)
             send(Event("step", step, steps, {
-                "loss": loss.item(), "lr": lr, "examples_per_second": len(idx) / elapsed,
+                "loss": loss.item(), "lr": lr, "examples_per_second": len(idx) / elapsed, "step_seconds": elapsed,
                 "peak_memory_mb": peak_memory_mb(device), "epoch": epoch, **norms,
             }))
             inside = NORM_RANGE[0] <= norms["norm_ratio"] <= NORM_RANGE[1]
