@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 
-def write_bomb(path: Path, rows: int) -> Path:
+def write_bomb(path: Path, rows: int, copy: int = 0) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     # 2,000 distinct reviews of 200 characters, in runs of 55 equal rows: dictionary and run-length encoding
     # squeeze 2M rows (about 450 MB of text) into about 124 KB.
-    reviews = [(f"review {k} " + "so good and so long " * 20)[:200] for k in range(2000)]
+    reviews = [(f"review {k} copy {copy} " + "so good and so long " * 20)[:200] for k in range(2000)]
     table = pa.table({"text": pa.array([reviews[(i // 55) % 2000] for i in range(rows)]),
                       "label": pa.array(["good" if (i // 55) % 2 else "bad" for i in range(rows)])})
     pq.write_table(table, path, compression="zstd", use_dictionary=True)
@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=None, help="checkout whose `lamp serve` to run")
     a = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="lamp-bomb-"))
-    bomb = write_bomb(home / "bomb.parquet", a.rows)
+    bombs = [write_bomb(home / f"bomb-{i}.parquet", a.rows, i) for i in range(a.copies)]  # distinct files
     port = free_port()
     proc = start_server(home, port, a.source)
     try:
@@ -113,14 +113,14 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}/"
         start = time.monotonic()
         with ThreadPoolExecutor(a.copies) as pool:
-            answers = list(pool.map(lambda _: upload(url, bomb), range(a.copies)))
+            answers = list(pool.map(lambda bomb: upload(url, bomb), bombs))
         seconds = round(time.monotonic() - start, 1)
         time.sleep(3)
         after = memory_mb(proc.pid)
     finally:
         proc.terminate()
         proc.wait(30)
-    print(json.dumps({"file_kb": round(bomb.stat().st_size / 1024, 1), "rows": a.rows, "copies": a.copies,
+    print(json.dumps({"file_kb": round(bombs[0].stat().st_size / 1024, 1), "rows": a.rows, "copies": a.copies,
                       "rss_before_mb": before["VmRSS"], "peak_mb": after["VmHWM"], "rss_after_mb": after["VmRSS"],
                       "seconds": seconds, "answers": answers}))
 
