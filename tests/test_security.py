@@ -275,3 +275,27 @@ def test_logins_are_rate_limited_per_client_and_per_user_with_a_lockout_that_exp
         == 200
     report("login lockout", failures_to_lock_client=3, failures_to_lock_user=6, lockout_s=LOCKOUT_S,
            seconds=round(time.monotonic() - started, 1))
+
+
+def test_every_endpoint_given_outside_paths_for_its_text_fields_leaks_and_creates_nothing(server: Server,
+                                                                                          place: Path) -> None:
+    """Each event the page exposes, every free-text parameter set to a path outside (a secret CSV, a model folder
+    of hidden size 4242), the rest to their defaults: no job, no study, no secret in any answer."""
+    ann = _client(server)
+    endpoints = ann.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    jobs, studies = _count(server, "jobs"), _count(server, "lamp_studies")
+    called = 0
+    for target in (place / "outside" / "secret.csv", place / "outside" / "model"):
+        for name, info in endpoints.items():
+            args = []
+            for p in info["parameters"]:
+                kind = p.get("type", {})
+                free_text = kind.get("type") == "string" and "enum" not in kind
+                args.append(str(target) if free_text else p.get("parameter_default"))
+            try:
+                out = json.dumps(ann.predict(*args, api_name=name), default=str)
+            except Exception as exc:  # refused by Gradio or by the handler: what it says counts too
+                out = str(exc)
+            called += 1
+            assert SECRET not in out and "SECRETLABEL" not in out and "4242" not in out, (name, out[:500])
+    assert called > 40 and _count(server, "jobs") == jobs and _count(server, "lamp_studies") == studies
