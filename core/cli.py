@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from core.errors import LampError, storage_error
+from core.errors import LampError, OutOfMemory, is_out_of_memory, storage_error
 from core.events import Event
 from core.methods import METHODS, method_config, trainable_param_counts
 from core.spec import DataConfig, ModelConfig, RunSpec, TrainConfig, validate_spec
@@ -347,8 +347,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"lamp {args.command}: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # a full disk or an unwritable LAMP_HOME: one line naming the path and the fix
-        problem = storage_error(exc)
+    except Exception as exc:  # a full disk or an unwritable LAMP_HOME, out of memory: one line and the fix
+        problem: Exception | None = storage_error(exc)
+        if problem is None and is_out_of_memory(exc):
+            problem = OutOfMemory(f"out of memory: {str(exc).strip().splitlines()[0][:300]}; lower --batch-size or "
+                                  "--max-length (`lamp estimate` shows what a run needs)")
         if problem is None:
             raise
         print(f"lamp {args.command}: error: {problem}", file=sys.stderr)

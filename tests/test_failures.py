@@ -115,6 +115,26 @@ def test_a_job_that_cannot_allocate_fails_at_once_as_out_of_memory(sqlite_store:
     report("out of memory to a clear failure", seconds=round(seconds, 1))
 
 
+def test_lamp_train_out_of_memory_is_one_line(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    import resource
+
+    data = tmp_path / "long.csv"
+    data.write_text("review,verdict\n" + "".join(f'"review {i}","{f"answer {i} " * 300}"\n' for i in range(16)))
+
+    def cap() -> None:  # 3 GB of address space: the libraries and the tiny model fit, the first step's logits do not
+        resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, resource.RLIM_INFINITY))
+
+    done = subprocess.run([*lamp_command(), "train", "--model", str(tiny_llama_dir), "--train", str(data),
+                           "--text-column", "review", "--label-column", "verdict", "--length", "8", "--rank", "4",
+                           "--pool", "2", "--steps", "2", "--batch-size", "16", "--max-length", "64", "--device", "cpu",
+                           "--threads", "1", "--quiet", "--out", str(tmp_path / "out")], preexec_fn=cap,
+                          env={**os.environ, "LAMP_HOME": str(tmp_path / "home")}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert "out of memory" in last and "--batch-size" in last, last
+
+
 # ---- full disks, unwritable homes ----
 
 def test_an_unwritable_lamp_home_is_one_line_naming_the_path(tmp_path: Path) -> None:
