@@ -1,18 +1,60 @@
 """Exceptions raised by the engine. The edges (CLI, jobs, UI) turn them into messages for a person."""
 
+from __future__ import annotations
+
 import errno
 import os
+import re
+from collections.abc import Iterable
+from typing import Any
+
+Problem = tuple[str | None, str]
+"""(setting, message): the setting at fault by its name in core.spec (`rank`, `train_file`, `label_column`, ...),
+or None when no single setting is; the message names the value and the fix. A form shows the message beside the
+field of that setting; the CLI prints the messages."""
 
 
 class LampError(Exception):
     """Base class of every error LAMP Studio raises on purpose."""
 
 
-class ConfigError(LampError, ValueError):
-    """A setting is invalid. The message names each bad value and how to fix it."""
+_NAMED = re.compile(r"\s*([a-z_]+)=")
 
 
-class DataError(LampError, ValueError):
+def _pairs(items: Iterable[str | Problem]) -> tuple[Problem, ...]:
+    out: list[Problem] = []
+    for item in items:
+        if isinstance(item, tuple):
+            out.append(item)
+            continue
+        for line in str(item).splitlines():  # a plain message: one problem per line
+            if line.strip():
+                named = _NAMED.match(line)  # the method configs' convention: "rank=9 > length=4: ..."
+                out.append((named.group(1) if named else None, line))
+    return tuple(out)
+
+
+class ProblemsError(LampError):
+    """Problems listed together, each a (setting, message) pair. Raised with pairs, or with plain messages (one
+    problem per line; a line that starts with `setting=` names that setting, as the method configs' checks do)."""
+
+    def __init__(self, *problems: str | Problem) -> None:
+        self.problems: tuple[Problem, ...] = _pairs(problems)
+        super().__init__("\n".join(message for _, message in self.problems))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), self.problems
+
+    def about(self, setting: str) -> ProblemsError:
+        """The same problems, those that named no setting now naming `setting` (e.g. the file a reader read)."""
+        return type(self)(*((name or setting, message) for name, message in self.problems))
+
+
+class ConfigError(ProblemsError, ValueError):
+    """A setting is invalid. Each problem names the bad value and how to fix it."""
+
+
+class DataError(ProblemsError, ValueError):
     """A data set could not be read or does not fit the task (names file, row and column)."""
 
 
