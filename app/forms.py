@@ -12,6 +12,7 @@ from typing import Any
 
 from app.access import Access, check_data_dir, check_model
 from core.errors import ConfigError, DataError, LampError
+from core.inputs import check_inputs
 from core.methods import METHODS, LampConfig, method_config
 from core.spec import DEFAULT_LR, DEFAULT_STEPS, DataConfig, ModelConfig, RunSpec, TrainConfig, validate_spec
 from core.tasks import BUILTIN_TASKS
@@ -177,6 +178,7 @@ def spec_from_form(values: dict[str, Any], access: Access | None = None) -> tupl
     )
     try:
         validate_spec(spec)
+        check_inputs(spec)
     except ConfigError as exc:
         _add(problems, str(exc))
     if own and "task" in problems:  # "give a task or a file": with own data selected, the file is what is missing

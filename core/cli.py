@@ -18,6 +18,7 @@ from typing import Any
 
 from core.errors import LampError, OutOfMemory, is_out_of_memory, storage_error
 from core.events import Event
+from core.inputs import check_inputs
 from core.methods import METHODS, method_config, trainable_param_counts
 from core.spec import DataConfig, ModelConfig, RunSpec, TrainConfig, validate_spec
 
@@ -76,7 +77,8 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def spec_from_args(a: argparse.Namespace) -> RunSpec:
-    """Build (and validate) the run's settings from parsed flags."""
+    """The run's settings from parsed flags, validated, and what it reads checked (core.inputs): the CLI's one
+    submission of this run."""
     task = a.task if a.task is not None or a.train_file is not None else "rotten_tomatoes"
     spec = RunSpec(
         model=ModelConfig(a.model, a.dtype, a.quantize),
@@ -94,6 +96,7 @@ def spec_from_args(a: argparse.Namespace) -> RunSpec:
                                    lr_scaling=a.lr_scaling)),
     )
     validate_spec(spec)
+    check_inputs(spec)
     return spec
 
 

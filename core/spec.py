@@ -1,16 +1,15 @@
 """The settings of one tuning run, shared by the CLI, the job queue and the dashboard.
 
 Every face builds the same frozen dataclasses; the store keeps `spec_to_dict()` as JSON. `validate_spec` collects
-every problem it can see without loading a model and raises once, naming each bad value and its fix.
+every problem with the settings alone (no file is read) and raises once, each problem under its setting's name.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any, Literal
 
-from core.errors import ConfigError
+from core.errors import ConfigError, Problem
 from core.methods import LampConfig, MethodConfig, method_from_dict, method_to_dict
 
 Dtype = Literal["float32", "bfloat16", "float16"]
@@ -114,6 +113,8 @@ RECIPES = {
 }
 DEFAULT_LR = {name: recipe.lr for name, recipe in RECIPES.items()}
 DEFAULT_STEPS = 150
+"""Optimizer steps of a run that gives neither steps nor epochs."""
+DEFAULT_METHOD = LampConfig.name
 
 
 @dataclass(frozen=True)
@@ -172,68 +173,87 @@ def with_train(spec: RunSpec, **changes: Any) -> RunSpec:
 
 
 def validate_spec(spec: RunSpec) -> None:
-    """Raise ConfigError listing every problem that can be seen without loading the model or data."""
-    issues: list[str] = []
-    m, d, t = spec.model, spec.data, spec.train
+    """Raise ConfigError listing every problem with the settings alone, each under its setting's name. Pure: it
+    reads no file (core.inputs.check_inputs checks what a run reads, once per submission)."""
+    problems = [*_model_problems(spec.model), *_data_problems(spec.data), *_train_problems(spec)]
+    if problems:
+        raise ConfigError(*problems)
+
+
+def _model_problems(m: ModelConfig) -> list[Problem]:
+    out: list[Problem] = []
     if not m.name:
-        issues.append("model: empty; give a hub id, a local folder or `default`")
+        out.append(("model", "model: empty; give a hub id, a local folder or `default`"))
     if m.dtype not in ("float32", "bfloat16", "float16"):
-        issues.append(f"dtype={m.dtype!r}: choose float32, bfloat16 or float16")
+        out.append(("dtype", f"dtype={m.dtype!r}: choose float32, bfloat16 or float16"))
     if m.quantize not in ("none", "4bit"):
-        issues.append(f"quantize={m.quantize!r}: choose none or 4bit")
+        out.append(("quantize", f"quantize={m.quantize!r}: choose none or 4bit"))
+    return out
+
+
+def _data_problems(d: DataConfig) -> list[Problem]:
+    out: list[Problem] = []
     if d.task is None and d.train_file is None:
-        issues.append("data: give a built-in --task or your own --train FILE")
+        out.append(("task", "data: give a built-in --task or your own --train FILE"))
     if d.task is not None and d.train_file is not None:
-        issues.append(f"data: both --task {d.task} and --train {d.train_file} given; pick one")
-    for label, path in (("--train", d.train_file), ("--eval", d.eval_file)):
-        if path is not None and not Path(path).is_file():
-            issues.append(f"{label} {path}: no such file")
+        out.append(("task", f"data: both --task {d.task} and --train {d.train_file} given; pick one"))
     if d.text_column and d.template:
-        issues.append("data: give --text-column or --template, not both")
+        out.append(("text_column", "data: give --text-column or --template, not both"))
     if d.kind not in ("auto", "classification", "generation"):
-        issues.append(f"kind={d.kind!r}: choose auto, classification or generation")
+        out.append(("kind", f"kind={d.kind!r}: choose auto, classification or generation"))
     for name in ("max_train_examples", "max_eval_examples", "max_test_examples"):
         value = getattr(d, name)
         if value is not None and value < 1:
-            issues.append(f"{name}={value}: must be at least 1 (or unset for all)")
-    if t.steps is not None and t.steps < 1:
-        issues.append(f"steps={t.steps}: must be at least 1")
-    if t.epochs is not None and t.epochs <= 0:
-        issues.append(f"epochs={t.epochs}: must be positive")
-    if t.steps is not None and t.epochs is not None:
-        issues.append("give --steps or --epochs, not both")
-    if t.batch_size < 1:
-        issues.append(f"batch_size={t.batch_size}: must be at least 1; the paper uses 16")
-    if t.lr is not None and not 0 < t.lr < 10:
-        issues.append(f"lr={t.lr}: must be in (0, 10); the default for {spec.method.name} is "
-                      f"{DEFAULT_LR[spec.method.name]}")
-    if t.weight_decay < 0:
-        issues.append(f"weight_decay={t.weight_decay}: must be >= 0; the paper uses 1e-5")
-    if t.warmup_steps < 0:
-        issues.append(f"warmup_steps={t.warmup_steps}: must be >= 0")
-    if t.grad_clip < 0:
-        issues.append(f"grad_clip={t.grad_clip}: must be >= 0 (0 turns clipping off)")
-    if t.max_length < 8:
-        issues.append(f"max_length={t.max_length}: must be at least 8 tokens; the paper uses 256")
-    if t.eval_every < 1 or t.checkpoint_every < 1:
-        issues.append("eval_every and checkpoint_every must be at least 1 step")
-    if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
-        issues.append(f"device={t.device!r}: choose auto, cpu, cuda or cuda:N")
-    if m.quantize == "4bit" and t.device == "cpu":
-        issues.append("quantize=4bit needs a CUDA device (bitsandbytes NF4); drop --quantize or use --device cuda")
-    if t.prompt_init not in (None, "vocab", "text"):
-        issues.append(f"prompt_init={t.prompt_init!r}: choose vocab or text")
-    if t.prompt_init_text is not None and not t.prompt_init_text.strip():
-        issues.append("prompt_init_text: empty; give a text or leave it out for one built from the task")
-    if t.prompt_init == "text" and t.init_from is not None:
-        issues.append("prompt_init=text and init_from both choose the starting prompt; give one")
-    if t.lr_scaling not in (None, "absolute", "relative"):
-        issues.append(f"lr_scaling={t.lr_scaling!r}: choose absolute or relative")
-    if t.threads is not None and t.threads < 1:
-        issues.append(f"threads={t.threads}: must be at least 1")
-    if t.init_from is not None:
-        from core.warm_start import warm_start_issues  # reads the source artifact's manifest, no weights
+            out.append((name, f"{name}={value}: must be at least 1 (or unset for all)"))
+    return out
 
-        issues += warm_start_issues(spec)
-    if issues:
-        raise ConfigError("\n".join(issues))
+
+def _train_problems(spec: RunSpec) -> list[Problem]:
+    t, out = spec.train, list[Problem]()
+    if t.steps is not None and t.steps < 1:
+        out.append(("steps", f"steps={t.steps}: must be at least 1"))
+    if t.epochs is not None and t.epochs <= 0:
+        out.append(("epochs", f"epochs={t.epochs}: must be positive"))
+    if t.steps is not None and t.epochs is not None:
+        out.append(("steps", "give --steps or --epochs, not both"))
+    if t.batch_size < 1:
+        out.append(("batch_size", f"batch_size={t.batch_size}: must be at least 1; the paper uses 16"))
+    if t.lr is not None and not 0 < t.lr < 10:
+        out.append(("lr", f"lr={t.lr}: must be in (0, 10); the default for {spec.method.name} is {spec.recipe.lr}"))
+    if t.weight_decay < 0:
+        out.append(("weight_decay", f"weight_decay={t.weight_decay}: must be >= 0; the paper uses 1e-5"))
+    if t.warmup_steps < 0:
+        out.append(("warmup_steps", f"warmup_steps={t.warmup_steps}: must be >= 0"))
+    if t.grad_clip < 0:
+        out.append(("grad_clip", f"grad_clip={t.grad_clip}: must be >= 0 (0 turns clipping off)"))
+    if t.max_length < 8:
+        out.append(("max_length", f"max_length={t.max_length}: must be at least 8 tokens; the paper uses 256"))
+    for name in ("eval_every", "checkpoint_every"):
+        if getattr(t, name) < 1:
+            out.append((name, f"{name}={getattr(t, name)}: must be at least 1 step"))
+    if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
+        out.append(("device", f"device={t.device!r}: choose auto, cpu, cuda or cuda:N"))
+    if t.threads is not None and t.threads < 1:
+        out.append(("threads", f"threads={t.threads}: must be at least 1"))
+    if spec.model.quantize == "4bit" and t.device == "cpu":
+        out.append(("quantize", "quantize=4bit needs a CUDA device (bitsandbytes NF4); drop --quantize or use "
+                                "--device cuda"))
+    return out + _start_problems(spec)
+
+
+def _start_problems(spec: RunSpec) -> list[Problem]:
+    """Where the prompt starts and how fast each of its tensors moves."""
+    t, out = spec.train, list[Problem]()
+    if t.prompt_init not in (None, "vocab", "text"):
+        out.append(("prompt_init", f"prompt_init={t.prompt_init!r}: choose vocab or text"))
+    if t.prompt_init_text is not None and not t.prompt_init_text.strip():
+        out.append(("prompt_init_text", "prompt_init_text: empty; give a text or leave it out for one built from "
+                                        "the task"))
+    if t.prompt_init == "text" and t.init_from is not None:
+        out.append(("prompt_init", "prompt_init=text and init_from both choose the starting prompt; give one"))
+    if t.init_from is not None and isinstance(spec.method, LampConfig) and spec.method.init == "paper":
+        out.append(("init_from", "init_from with init=paper: Q = S would start C at U S^2 V^T, not at the source "
+                                 "prompt; use --init balanced"))
+    if t.lr_scaling not in (None, "absolute", "relative"):
+        out.append(("lr_scaling", f"lr_scaling={t.lr_scaling!r}: choose absolute or relative"))
+    return out

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from core.artifact import MANIFEST, Artifact, load_artifact
-from core.errors import ArtifactError, ConfigError
-from core.methods import LampConfig, prompt_module
+from core.errors import ArtifactError, ConfigError, Problem
+from core.methods import prompt_module
 from core.spec import RunSpec
 
 
@@ -76,9 +76,9 @@ def load_warm_source(path: str) -> WarmSource:
     return WarmSource(artifact, dense_of(artifact))
 
 
-def warm_start_issues(spec: RunSpec) -> list[str]:
+def warm_start_problems(spec: RunSpec) -> list[Problem]:
     """Problems with `spec.train.init_from`, read from the source's manifest and the target model's config alone
-    (each message starts with `init_from` so the New job form shows it beside that field)."""
+    (no weights), each under the `init_from` setting."""
     from core.backbone import config_hidden_size
 
     path = spec.train.init_from
@@ -87,23 +87,20 @@ def warm_start_issues(spec: RunSpec) -> list[str]:
     try:
         artifact = _artifact_at(path)
     except ArtifactError as exc:
-        return [str(exc)]
-    issues = []
+        return [("init_from", str(exc))]
+    problems: list[Problem] = []
     source = artifact.manifest
     length = int(source["spec"]["method"]["length"])
     if length != spec.method.length:
-        issues.append(f"init_from: the source prompt has length l={length} but this run's length is "
-                      f"{spec.method.length}; set the length to {length} (rank and pool may differ)")
+        problems.append(("init_from", f"init_from: the source prompt has length l={length} but this run's length is "
+                                      f"{spec.method.length}; set the length to {length} (rank and pool may differ)"))
     source_d = int(source["model"]["hidden_size"])
     target_d = config_hidden_size(spec.model.name)
     if target_d is not None and target_d != source_d:
-        issues.append(f"init_from: the source prompt was trained on {source['model']['id']} with hidden size "
-                      f"{source_d}, but {spec.model.name} has hidden size {target_d}; a warm start needs a model "
-                      "of the same hidden size")
-    if isinstance(spec.method, LampConfig) and spec.method.init == "paper":
-        issues.append("init_from with init=paper: Q = S would start C at U S^2 V^T, not at the source prompt; "
-                      "use --init balanced")
-    return issues
+        problems.append(("init_from", f"init_from: the source prompt was trained on {source['model']['id']} with "
+                                      f"hidden size {source_d}, but {spec.model.name} has hidden size {target_d}; a "
+                                      "warm start needs a model of the same hidden size"))
+    return problems
 
 
 def check_width(source: WarmSource, hidden_size: int) -> None:

@@ -17,6 +17,7 @@ from test_jobs_support import tiny_spec
 
 from core.artifact import load_artifact
 from core.errors import Cancelled, ConfigError
+from core.inputs import check_inputs
 from core.methods import method_config, prompt_module
 from core.spec import DataConfig, ModelConfig, RunSpec, TrainConfig, validate_spec
 from core.train import fit
@@ -98,16 +99,17 @@ def test_mismatches_are_refused_with_their_fix(source: Path, tiny_llama_dir: Pat
     wide.mkdir()
     (wide / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 48}))
     with pytest.raises(ConfigError) as err:
-        validate_spec(_spec(wide, csv, "lamp", source, length=12, rank=4, pool=2))
+        check_inputs(_spec(wide, csv, "lamp", source, length=12, rank=4, pool=2))
     message = str(err.value)
     assert "hidden size 32" in message and "has hidden size 48" in message
     assert "length l=8" in message and "set the length to 8" in message
     assert all(line.startswith("init_from") for line in message.splitlines())
+    assert {setting for setting, _ in err.value.problems} == {"init_from"}
     with pytest.raises(ConfigError, match="no finished run there"):
-        validate_spec(_spec(tiny_llama_dir, csv, "lamp", tmp_path / "nothing", length=8))
+        check_inputs(_spec(tiny_llama_dir, csv, "lamp", tmp_path / "nothing", length=8))
     with pytest.raises(ConfigError, match="init=paper"):
         validate_spec(_spec(tiny_llama_dir, csv, "lamp", source, length=8, init="paper"))  # type: ignore[arg-type]
-    validate_spec(_spec(tiny_llama_dir, csv, "dpt", source, length=8, rank=3))  # other method and rank: fine
+    check_inputs(_spec(tiny_llama_dir, csv, "dpt", source, length=8, rank=3))  # other method and rank: fine
 
 
 def test_a_resumed_warm_start_and_an_older_checkpoint_resume(source: Path, tiny_llama_dir: Path, csv: Path,
