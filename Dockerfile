@@ -27,6 +27,7 @@ RUN python3 -m venv /app/.venv \
     && /app/.venv/bin/pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
 
 COPY --chown=lamp:lamp pyproject.toml README.md alembic.ini ./
+COPY --chown=lamp:lamp lamp ./lamp
 COPY --chown=lamp:lamp core ./core
 COPY --chown=lamp:lamp jobs ./jobs
 COPY --chown=lamp:lamp app ./app

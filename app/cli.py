@@ -1,4 +1,4 @@
-"""`lamp serve` and `lamp gc` (registered into core.cli's parser)."""
+"""`lamp serve` and `lamp gc` (added to the `lamp` parser by lamp/cli.py)."""
 
 from __future__ import annotations
 

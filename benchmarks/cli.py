@@ -108,7 +108,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    """`lamp bench` (core.cli's plugin hook)."""
+    """`lamp bench` (added to the `lamp` parser by lamp/cli.py)."""
     p = sub.add_parser("bench", help="benchmark our methods against PEFT prompt tuning, side by side")
     add_arguments(p)
     p.set_defaults(handler=cmd_bench)

@@ -1,77 +1,88 @@
-"""The `lamp` command line: training, prediction, export and parameter counts without a queue or UI.
+"""The engine's commands: `lamp train`, `eval`, `predict`, `params`, `export` and `inspect`, without a queue or UI.
 
-Other packages add their commands (`lamp submit`, `lamp serve`, ...) through a `register(subparsers)` function in
-the modules named in PLUGINS, so this file knows nothing of the queue or the dashboard.
+`register(subparsers)` adds them to the `lamp` parser, which the composition root (`lamp/cli.py`) builds from each
+layer's commands; the run flags and `spec_from_args` are shared with the queue's commands (`lamp submit`, ...).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import os
 import sys
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from core.errors import LampError, OutOfMemory, is_out_of_memory, storage_error
+from core.errors import LampError
 from core.events import Event
 from core.inputs import check_inputs
-from core.methods import METHODS, method_config, trainable_param_counts
-from core.spec import DataConfig, ModelConfig, RunSpec, TrainConfig, validate_spec
+from core.methods import METHODS, LampConfig, method_config, trainable_param_counts
+from core.spec import DEFAULT_METHOD, DEFAULT_STEPS, DataConfig, ModelConfig, RunSpec, TrainConfig, validate_spec
 
-PLUGINS = ("jobs.cli", "app.cli", "benchmarks.cli")
-Handler = Callable[[argparse.Namespace], int]
+_M, _D, _T, _LAMP = ModelConfig(), DataConfig(), TrainConfig(), LampConfig()
+"""The settings' own defaults: the flags below read them, so each is written once (core.spec, core.methods)."""
 
 
 def add_spec_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of one tuning run, shared by `lamp train` and `lamp submit`."""
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="default", help="hub id, local folder, or `default` (offline SmolLM2-135M)")
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    g.add_argument("--quantize", default="none", choices=["none", "4bit"], help="4bit: NF4 via bitsandbytes (CUDA)")
+    g.add_argument("--model", default=_M.name, help="hub id, local folder, or `default` (offline SmolLM2-135M)")
+    g.add_argument("--dtype", default=_M.dtype, choices=["float32", "bfloat16", "float16"])
+    g.add_argument("--quantize", default=_M.quantize, choices=["none", "4bit"],
+                   help="4bit: NF4 via bitsandbytes (CUDA)")
+    _add_data_arguments(p)
+    g = p.add_argument_group("method")
+    g.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS))
+    g.add_argument("--length", type=int, default=None, help=f"soft prompt tokens l (default {_LAMP.length})")
+    g.add_argument("--rank", type=int, default=None, help=f"rank r for lamp and dpt (default {_LAMP.rank})")
+    g.add_argument("--pool", type=int, default=None,
+                   help=f"lamp: average-pool blocks of p tokens (default {_LAMP.pool})")
+    g.add_argument("--init", default=None, choices=["balanced", "paper"],
+                   help=f"lamp: starting Q (default {_LAMP.init})")
+    _add_train_arguments(p)
+
+
+def _add_data_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--task", default=None, help="built-in task (default rotten_tomatoes unless --train is given)")
+    g.add_argument("--task", default=None, help=f"built-in task (default {_D.task} unless --train is given)")
     g.add_argument("--data-dir", default=None, help="local copy of a GLUE/SuperGLUE data set")
     g.add_argument("--train", dest="train_file", default=None, help="your training data: CSV, TSV, JSONL, Parquet")
     g.add_argument("--eval", dest="eval_file", default=None, help="your evaluation data (same columns)")
     g.add_argument("--text-column", default=None)
     g.add_argument("--template", default=None, help="input built from several columns, e.g. 'q: {question}'")
     g.add_argument("--label-column", default=None)
-    g.add_argument("--kind", default="auto", choices=["auto", "classification", "generation"])
-    g.add_argument("--max-train-examples", type=int, default=None)
-    g.add_argument("--max-eval-examples", type=int, default=200, help="validation examples per periodic eval")
-    g.add_argument("--max-test-examples", type=int, default=None)
-    g.add_argument("--split-seed", type=int, default=42, help="seed of the train/validation/test split (default 42)")
-    g = p.add_argument_group("method")
-    g.add_argument("--method", default="lamp", choices=list(METHODS))
-    g.add_argument("--length", type=int, default=None, help="soft prompt tokens l (default 100)")
-    g.add_argument("--rank", type=int, default=None, help="rank r for lamp and dpt (default 8)")
-    g.add_argument("--pool", type=int, default=None, help="lamp: average-pool blocks of p tokens (default 4)")
-    g.add_argument("--init", default=None, choices=["balanced", "paper"], help="lamp: starting Q (default balanced)")
+    g.add_argument("--kind", default=_D.kind, choices=["auto", "classification", "generation"])
+    g.add_argument("--max-train-examples", type=int, default=_D.max_train_examples)
+    g.add_argument("--max-eval-examples", type=int, default=_D.max_eval_examples,
+                   help="validation examples per periodic eval")
+    g.add_argument("--max-test-examples", type=int, default=_D.max_test_examples)
+    g.add_argument("--split-seed", type=int, default=_D.split_seed,
+                   help=f"seed of the train/validation/test split (default {_D.split_seed})")
+
+
+def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
-    g.add_argument("--steps", type=int, default=None, help="optimizer steps (default 150 unless --epochs)")
+    g.add_argument("--steps", type=int, default=None,
+                   help=f"optimizer steps (default {DEFAULT_STEPS} unless --epochs)")
     g.add_argument("--epochs", type=float, default=None)
-    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--batch-size", type=int, default=_T.batch_size)
     g.add_argument("--lr", type=float, default=None, help="default: the method's measured default (README)")
     g.add_argument("--lr-scaling", default=None, choices=["absolute", "relative"],
                    help="relative: each trainable tensor's rate is --lr times its starting RMS (README)")
     g.add_argument("--prompt-init", default=None, choices=["vocab", "text"],
                    help="start from sampled common tokens (vocab) or from a text's tokens (text)")
     g.add_argument("--prompt-init-text", default=None, help="the text of --prompt-init text (default: from the task)")
-    g.add_argument("--weight-decay", type=float, default=1e-5)
-    g.add_argument("--warmup-steps", type=int, default=0)
-    g.add_argument("--grad-clip", type=float, default=1.0)
-    g.add_argument("--max-length", type=int, default=256)
-    g.add_argument("--eval-every", type=int, default=50)
-    g.add_argument("--checkpoint-every", type=int, default=25)
-    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--weight-decay", type=float, default=_T.weight_decay)
+    g.add_argument("--warmup-steps", type=int, default=_T.warmup_steps)
+    g.add_argument("--grad-clip", type=float, default=_T.grad_clip)
+    g.add_argument("--max-length", type=int, default=_T.max_length)
+    g.add_argument("--eval-every", type=int, default=_T.eval_every)
+    g.add_argument("--checkpoint-every", type=int, default=_T.checkpoint_every)
+    g.add_argument("--seed", type=int, default=_T.seed)
     g.add_argument("--init-from", default=None, metavar="ARTIFACT",
                    help="warm start from a finished run's prompt (its artifact directory; `lamp submit` also takes "
                         "a job id): same length l and a model of the same hidden size")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--device", default=_T.device, help="auto, cpu, cuda or cuda:N")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     g.add_argument("--no-generate-eval", action="store_true", help="skip scoring classification by generation")
 
@@ -79,7 +90,7 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
 def spec_from_args(a: argparse.Namespace) -> RunSpec:
     """The run's settings from parsed flags, validated, and what it reads checked (core.inputs): the CLI's one
     submission of this run."""
-    task = a.task if a.task is not None or a.train_file is not None else "rotten_tomatoes"
+    task = a.task if a.task is not None or a.train_file is not None else _D.task
     spec = RunSpec(
         model=ModelConfig(a.model, a.dtype, a.quantize),
         method=method_config(a.method, length=a.length, rank=a.rank, pool=a.pool, init=a.init),
@@ -271,10 +282,8 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lamp", description="LAMP Studio: prompt tuning of frozen models.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def register(sub: Any) -> None:
+    """Add the engine's commands to the `lamp` parser's subcommands."""
     p = sub.add_parser("train", help="one tuning run in the foreground, with a progress bar")
     add_spec_arguments(p)
     p.add_argument("--out", default=None, help="artifact directory (default $LAMP_HOME/runs/<time>-<method>-<task>)")
@@ -307,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("params", help="trainable parameters per method, from the formulas (no model loaded)")
     p.add_argument("--hidden-size", type=int, required=True)
     p.add_argument("--length", type=int, required=True)
-    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--rank", type=int, default=_LAMP.rank)
     p.add_argument("--pool", type=int, default=1)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_params)
@@ -325,41 +334,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="read the vocabulary of another backbone of the same hidden size")
     p.add_argument("--json", action="store_true", help="one JSON object (C itself left out: see the dashboard)")
     p.set_defaults(handler=cmd_inspect)
-
-    for name in PLUGINS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            parents = {name.rsplit(".", i)[0] for i in range(name.count(".") + 1)}
-            if exc.name not in parents:  # the plugin is not installed; a missing dependency inside it is a bug
-                raise
-            continue
-        module.register(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
-    try:
-        code: int = args.handler(args)
-        return code
-    except LampError as exc:
-        print(f"lamp {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"lamp {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # a full disk or an unwritable LAMP_HOME, out of memory: one line and the fix
-        problem: Exception | None = storage_error(exc)
-        if problem is None and is_out_of_memory(exc):
-            problem = OutOfMemory(f"out of memory: {str(exc).strip().splitlines()[0][:300]}; lower --batch-size or "
-                                  "--max-length (`lamp estimate` shows what a run needs)")
-        if problem is None:
-            raise
-        print(f"lamp {args.command}: error: {problem}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

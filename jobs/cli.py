@@ -1,4 +1,4 @@
-"""`lamp submit`, `lamp jobs`, `lamp cancel` and `lamp worker` (registered into core.cli's parser)."""
+"""`lamp submit`, `lamp jobs`, `lamp cancel` and `lamp worker` (added to the `lamp` parser by lamp/cli.py)."""
 
 from __future__ import annotations
 

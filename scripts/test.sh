@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/ruff check .
-.venv/bin/mypy core tests scripts benchmarks $( [ -d jobs ] && echo jobs ) $( [ -d app ] && [ -n "$(ls app/*.py 2>/dev/null)" ] && echo app )
+.venv/bin/mypy lamp core tests scripts benchmarks $( [ -d jobs ] && echo jobs ) $( [ -d app ] && [ -n "$(ls app/*.py 2>/dev/null)" ] && echo app )
 .venv/bin/pytest -q "$@"

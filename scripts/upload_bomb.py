@@ -59,7 +59,7 @@ def memory_mb(pid: int) -> dict[str, float]:
 def start_server(home: Path, port: int, source: Path | None) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAMP_")}
     env.update(LAMP_HOME=str(home), PYTHONUNBUFFERED="1")
-    command = [sys.executable, "-m", "core.cli", "serve", "--no-worker", "--port", str(port)]
+    command = [sys.executable, "-m", "lamp", "serve", "--no-worker", "--port", str(port)]
     proc = subprocess.Popen(command, env=env, cwd=source or Path(__file__).resolve().parents[1],
                             stdout=(home / "serve.log").open("wb"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180

@@ -204,7 +204,7 @@ def test_settings_name_every_bad_value() -> None:
 
 
 def test_lamp_bench_is_a_plugin_command() -> None:
-    from core.cli import build_parser
+    from lamp.cli import build_parser
 
     args = build_parser().parse_args(["bench", "--quick", "--out", "x"])
     assert args.command == "bench" and args.quick and callable(args.handler)

@@ -15,7 +15,7 @@ import torch
 
 
 def lamp(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "core.cli", *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "lamp", *args], capture_output=True, text=True,
                           env={**os.environ}, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"lamp {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")

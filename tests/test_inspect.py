@@ -15,12 +15,12 @@ from test_app_handlers import _store
 from test_jobs_support import tiny_spec
 
 from core.artifact import load_artifact, save_artifact, snapshot_files
-from core.cli import main
 from core.errors import ArtifactError, Cancelled
 from core.inspection import inspect_prompt, load_vocabulary, nearest_tokens, norm_stats
 from core.methods import DptConfig, LampConfig, PromptTuningConfig, method_config, prompt_module
 from core.spec import DataConfig, ModelConfig, RunSpec, TrainConfig, spec_to_dict
 from core.train import fit
+from lamp.cli import main
 
 
 class Tokens:

@@ -127,7 +127,7 @@ def alive(pid: int) -> bool:
 
 def lamp_command() -> list[str]:
     script = Path(sys.executable).with_name("lamp")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "core.cli"]
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "lamp"]
 
 
 @dataclass

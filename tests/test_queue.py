@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from test_jobs_support import alive, postgres_database, report, service_url, tiny_spec, wait_for
 
-from core.cli import main
 from core.errors import ConfigError
 from jobs import store
 from jobs.db import dispose_engines, read, transact, upgrade_database
 from jobs.models import Job, JobAttempt, Outcome, Status
+from lamp.cli import main
 
 
 @pytest.fixture()

@@ -154,7 +154,7 @@ def _predict(*args: str) -> list[str]:
     import contextlib
     import io
 
-    from core.cli import main
+    from lamp.cli import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

@@ -287,7 +287,7 @@ def test_the_recommendation_relaunches_on_a_larger_budget(sqlite_store: str, bas
 
 def test_the_cli_starts_shows_and_exports_a_study(sqlite_store: str, tiny_llama_dir: Path, sentiment_csv: Path,
                                                   tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from core.cli import main
+    from lamp.cli import main
 
     args = ["study", "start", "--name", "cli", "--model", str(tiny_llama_dir), "--train", str(sentiment_csv),
             "--text-column", "review", "--label-column", "verdict", "--steps", "4", "--batch-size", "4",

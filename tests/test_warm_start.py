@@ -153,9 +153,9 @@ def finished_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_llama_dir
 def test_submit_init_from_a_job_id(finished_job: int, tiny_llama_dir: Path, sentiment_csv: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     from app import monitor
-    from core.cli import main
     from jobs import store
     from jobs.db import read
+    from lamp.cli import main
 
     flags = ["--model", str(tiny_llama_dir), "--train", str(sentiment_csv), "--text-column", "review",
              "--label-column", "verdict", "--length", "8", "--rank", "2", "--steps", "2", "--device", "cpu"]

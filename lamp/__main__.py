@@ -1,0 +1,5 @@
+import sys
+
+from lamp.cli import main
+
+sys.exit(main())
