@@ -139,7 +139,7 @@ def cmd_estimate(a: argparse.Namespace) -> int:
     widths = data_widths(spec)
     est = estimate(spec, widths)
     if a.probe:
-        from benchmarks.probe import probe
+        from core.probe import probe
 
         measured = probe(spec, steps=a.probe_steps)
         est = with_timing(spec, widths, est, measured.seconds_per_step,
