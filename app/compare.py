@@ -13,10 +13,10 @@ from app.settings import export_csv
 from jobs import store
 from jobs.db import read
 from jobs.models import Status
+from jobs.studies.report import METHOD_COLORS
 
 COLUMNS = ["job", "method", "model", "data", "length", "rank", "pool", "prompt_tokens", "trainable_params",
            "peak_memory_mb", "train_seconds", "examples_per_second", "steps", "metric", "score", "gen_accuracy"]
-METHOD_COLORS = {"lamp": "#2563eb", "prompt-tuning": "#dc2626", "dpt": "#16a34a"}
 
 
 def compare_frame(job_ids: Sequence[int]) -> pd.DataFrame:

@@ -142,17 +142,6 @@ class Details:
     """Changes whenever anything shown changes (status, step, points); the page redraws only then."""
 
 
-def _study_trial(*, session: Any, job_id: int) -> tuple[int, int, str] | None:
-    """(trial number, study id, study name) when the job is a study's trial."""
-    from sqlalchemy import select
-
-    from jobs.models import Study, StudyTrial
-
-    row = session.execute(select(StudyTrial.number, Study.id, Study.name).join(Study, Study.id == StudyTrial.study_id)
-                          .where(StudyTrial.job_id == job_id)).one_or_none()
-    return (int(row[0]), int(row[1]), str(row[2])) if row is not None else None
-
-
 def job_details(job_id: int | None) -> Details:
     if job_id is None:
         return Details("Pick a job in the table (click its row) to see its curves.", "", False, False, False, ())
@@ -173,9 +162,10 @@ def job_details(job_id: int | None) -> Details:
     ]
     if train.get("init_from"):
         lines.append(warm_start_text(str(train["init_from"])))
-    trial = read(_study_trial, job_id=job.id)
-    if trial is not None:
-        lines.append(f"Trial {trial[0]} of [study #{trial[1]} {trial[2]}](?study={trial[1]})")
+    found = read(store.trial_of_job, job_id=job.id)
+    if found is not None:
+        study, trial = found
+        lines.append(f"Trial {trial.number} of [study #{study.id} {study.name}](?study={study.id})")
     resumed = [a for a in attempts if a.resumed_from]
     if resumed:
         lines.append("Resumed from checkpoints at step " + ", ".join(str(a.resumed_from) for a in resumed))

@@ -60,14 +60,16 @@ def _background(settings: ServeSettings) -> Callable[[], None]:
     stop = threading.Event()
     threading.Thread(target=sweep_forever, args=(stop, settings.retention_days), name="lamp-retention",
                      daemon=True).start()
+    from jobs.studies import worker_hooks
+
     if settings.worker:
         from jobs.tasks import start_embedded_worker
 
-        stop_worker = start_embedded_worker(workers=settings.workers, device=settings.device)
-    else:  # no worker here: jobs whose worker died elsewhere must still leave RUNNING
+        stop_worker = start_embedded_worker(workers=settings.workers, device=settings.device, hooks=worker_hooks())
+    else:  # no worker here: jobs whose worker died elsewhere must still leave RUNNING, and studies advance
         from jobs.tasks import start_reaper
 
-        stop_worker = start_reaper()
+        stop_worker = start_reaper(hooks=worker_hooks())
 
     def stop_all() -> None:
         stop.set()

@@ -5,7 +5,7 @@ It runs `core.train.fit` with two listeners of its own: `MetricWriter` (events -
 It sends one message back through a pipe and exits:
     ("done", FitResult.to_json()) | ("stopped", why) | ("pruned", why) | ("error", message) | ("oom", message)
     | ("crash", traceback)
-"pruned": a study's pruner stopped the trial after an evaluation (jobs.studies.PruningHook): the job ends PRUNED.
+"pruned": a listener the worker was given (jobs.hooks; a study's pruner) stopped training: the job ends PRUNED.
 "oom": any allocation failure (jobs.failures): the job ends OUT_OF_MEMORY at once, with the settings that caused it.
 "error" is a LampError that a retry would repeat (bad data, divergence, a full or read-only disk): the job FAILS.
 Anything else, or dying without a message, is a crash: the job is retried from its checkpoint. Imports of torch and
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import json
 import math
 import os
@@ -24,6 +25,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -144,7 +146,8 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def train_attempt(job_id: int, attempt: int, url: str, out_dir: str, visible_devices: str | None,
-                  threads: int | None, parent_pid: int, conn: Connection, memory_mb: float | None = None) -> None:
+                  threads: int | None, parent_pid: int, conn: Connection, memory_mb: float | None = None,
+                  listeners: Sequence[str] = ()) -> None:
     """Entry point of the spawned process."""
     os.setsid()  # a terminal's Ctrl-C goes to the worker, which decides what the training does
     _die_with_parent(parent_pid)
@@ -155,7 +158,7 @@ def train_attempt(job_id: int, attempt: int, url: str, out_dir: str, visible_dev
     stop = StopCheck(job_id, attempt, url, parent_pid, writer)
     signal.signal(signal.SIGTERM, lambda *_: stop.signalled.set())  # the worker's "checkpoint and stop"
     try:
-        message = _train(job_id, url, Path(out_dir), threads, writer, stop, memory_mb)
+        message = _train(job_id, url, Path(out_dir), threads, writer, stop, memory_mb, listeners)
     except BaseException:  # a crash: the worker retries from the checkpoint
         message = ("crash", traceback.format_exc(limit=20))
     conn.send(message)
@@ -163,7 +166,7 @@ def train_attempt(job_id: int, attempt: int, url: str, out_dir: str, visible_dev
 
 
 def _train(job_id: int, url: str, out_dir: Path, threads: int | None, writer: MetricWriter,
-           stop: StopCheck, memory_mb: float | None = None) -> tuple[str, Any]:
+           stop: StopCheck, memory_mb: float | None = None, listeners: Sequence[str] = ()) -> tuple[str, Any]:
     import torch
 
     from core.errors import Cancelled
@@ -177,26 +180,26 @@ def _train(job_id: int, url: str, out_dir: Path, threads: int | None, writer: Me
     spec = queue_spec(spec_from_dict(job.spec))
     if threads is not None and spec.train.threads is None:
         torch.set_num_threads(threads)
-    from jobs.studies import pruning_hook
-
-    pruner = pruning_hook(job_id, url)  # None unless the job is a study's trial
+    extra = _listeners(listeners, job_id, url)  # the worker's hooks: a study's pruner, for one of its trials
 
     def on_event(event: Any) -> None:
         writer(event)
-        if pruner is not None:
-            pruner(event)
+        for listener in extra:
+            listener(event)
+
+    def stopped_by() -> str | None:
+        return next((listener.stop_reason for listener in extra if listener.stop_reason), None)
 
     def should_stop() -> bool:
-        return stop() or (pruner is not None and pruner.pruned)
+        return stop() or stopped_by() is not None
 
     limit_memory(memory_mb)
     try:
         result = fit(spec, out_dir, on_event=on_event, should_stop=should_stop)
     except Cancelled as exc:
         writer.flush()
-        if pruner is not None and pruner.pruned:
-            return ("pruned", pruner.reason)
-        return ("stopped", str(exc))
+        reason = stopped_by()
+        return ("pruned", reason) if reason is not None else ("stopped", str(exc))
     except Exception as exc:
         ended = classify(exc, spec, writer.last_step, out_dir)
         if ended is None and not _is_lamp_error(exc):
@@ -206,6 +209,18 @@ def _train(job_id: int, url: str, out_dir: Path, threads: int | None, writer: Me
         return ended or ("error", f"{type(exc).__name__}: {exc}")
     writer.flush()
     return ("done", result.to_json())
+
+
+def _listeners(names: Sequence[str], job_id: int, url: str) -> list[Any]:
+    """The worker's listener factories (`module:function`, imported here, after the devices are set), each asked
+    for a listener of this job."""
+    made = []
+    for name in names:
+        module, _, function = name.partition(":")
+        listener = getattr(importlib.import_module(module), function)(job_id, url)
+        if listener is not None:
+            made.append(listener)
+    return made
 
 
 def _is_lamp_error(exc: BaseException) -> bool:

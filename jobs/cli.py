@@ -90,9 +90,11 @@ def cmd_worker(a: argparse.Namespace) -> int:
         raise ConfigError(f"--workers {a.workers}: must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    from jobs.studies import worker_hooks
     from jobs.tasks import run_worker
 
-    run_worker(workers=a.workers, device=a.device, threads=a.threads, lease_seconds=a.lease_seconds)
+    run_worker(workers=a.workers, device=a.device, threads=a.threads, lease_seconds=a.lease_seconds,
+               hooks=worker_hooks())
     return 0
 
 

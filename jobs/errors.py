@@ -9,3 +9,7 @@ class JobError(LampError):
 
 class JobNotFound(JobError):
     """No job with that id."""
+
+
+class StudyNotFound(JobNotFound):
+    """No study with that id."""

@@ -4,7 +4,7 @@ The worker thread (a huey consumer thread) never trains. It claims the job (one 
 workers never run it at once), spawns `jobs.child.train_attempt` with multiprocessing's spawn context, and while
 the child runs it heartbeats the lease and watches for cancel and shutdown. Then, from the child's message and exit:
 - done                        -> SUCCEEDED, with its result row;
-- pruned (a study's pruner)   -> PRUNED, with the pruner's reason;
+- pruned (a listener's stop)  -> PRUNED, with its reason (a study's pruner);
 - error (LampError)           -> FAILED with the message (a retry would fail the same way: bad data, a full disk);
 - oom (any allocation failure, or SIGKILL while the kernel's OOM killer struck)
                               -> OUT_OF_MEMORY at once, with the settings that asked for the memory;
@@ -35,6 +35,7 @@ from jobs import store
 from jobs.child import train_attempt
 from jobs.db import database_url, read, transact
 from jobs.failures import memory_headroom_mb, oom_kills, oom_message, patient
+from jobs.hooks import WorkerHooks, qualified_name
 from jobs.models import FINISHED, Outcome, Status
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ class WorkerSettings:
     """Seconds a training process gets to checkpoint and exit after a cancel or shutdown, before SIGKILL."""
     memory_mb: float | None = field(default_factory=memory_headroom_mb)
     """LAMP_JOB_MEMORY_MB: what a CPU training process may allocate beyond its libraries (None: no cap)."""
+    hooks: WorkerHooks = field(default_factory=WorkerHooks)
+    """What else this worker runs: at each job's end, on each reaper pass, inside each training process."""
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -117,20 +120,20 @@ def run_job(job_id: int, enqueue: Enqueue) -> Status | None:
             enqueue(job_id)
         log.info("job %s attempt %s: %s", job_id, attempt.number, status)
         if status in FINISHED:
-            _tell_study(job_id)
+            _ended(job_id)
         return status
     finally:
         _running.pop(job_id, None)
 
 
-def _tell_study(job_id: int) -> None:
-    """If the job was a study's trial, tell Optuna now and launch the next trial (the reaper would, seconds later)."""
-    from jobs.studies import job_ended
-
-    try:
-        job_ended(job_id)
-    except Exception:
-        log.exception("job %s: could not advance its study; a reaper will", job_id)
+def _ended(job_id: int) -> None:
+    """The worker's hooks for a job that ended (a study tells Optuna and launches its next trial now; the reaper's
+    sweep would, seconds later)."""
+    for hook in settings.hooks.job_ended:
+        try:
+            hook(job_id)
+        except Exception:
+            log.exception("job %s: a hook for its end failed (%s); the reaper's sweep retries", job_id, hook)
 
 
 def _supervise(job_id: int, attempt: int, running: _Running) -> tuple[Any, str | None, int | None]:
@@ -140,7 +143,7 @@ def _supervise(job_id: int, attempt: int, running: _Running) -> tuple[Any, str |
     out_dir = artifacts_dir() / f"job-{job_id}"
     proc = ctx.Process(target=train_attempt, name=f"lamp-job-{job_id}", args=(
         job_id, attempt, database_url(), str(out_dir), settings.visible_devices(), settings.threads, os.getpid(),
-        writer, settings.memory_mb))
+        writer, settings.memory_mb, [qualified_name(f) for f in settings.hooks.listeners]))
     kills = oom_kills()
     proc.start()
     writer.close()  # the child holds the only writing end: its exit shows up here as EOF

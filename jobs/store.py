@@ -17,8 +17,19 @@ from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from jobs.errors import JobNotFound
-from jobs.models import Job, JobAttempt, MetricPoint, Outcome, Result, Status, utcnow
+from jobs.errors import JobNotFound, StudyNotFound
+from jobs.models import (
+    Job,
+    JobAttempt,
+    MetricPoint,
+    Outcome,
+    Result,
+    Status,
+    Study,
+    StudyStatus,
+    StudyTrial,
+    utcnow,
+)
 
 Lease = Literal["ok", "cancel", "lost"]
 
@@ -266,3 +277,100 @@ def job_summary(job: Job, result: Result | None = None) -> dict[str, Any]:
                    peak_memory_mb=result.peak_memory_mb, train_seconds=result.train_seconds,
                    examples_per_second=result.examples_per_second)
     return out
+
+
+# ---- studies: a study's row, its trials (one job each) and the lease of the process that advances it ----
+
+StudySnapshot = tuple[Study | None, list[StudyTrial], dict[int, Job]]
+
+
+def list_studies(*, session: Session, limit: int = 50) -> list[Study]:
+    return list(session.scalars(select(Study).order_by(Study.id.desc()).limit(limit)))
+
+
+def study_jobs(*, session: Session, study_id: int) -> list[int]:
+    return [j for j in session.scalars(select(StudyTrial.job_id).where(StudyTrial.study_id == study_id)
+                                       .order_by(StudyTrial.number)) if j is not None]
+
+
+def study_snapshot(*, session: Session, study_id: int) -> StudySnapshot:
+    """The study (None if there is none), its trials in order, and their jobs by id."""
+    study = session.get(Study, study_id)
+    trials = list(session.scalars(select(StudyTrial).where(StudyTrial.study_id == study_id)
+                                  .order_by(StudyTrial.number)))
+    ids = [t.job_id for t in trials if t.job_id is not None]
+    jobs = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(ids)))} if ids else {}
+    return study, trials, jobs
+
+
+def study_results(*, session: Session, study_id: int) -> tuple[Study, list[StudyTrial], dict[int, Job],
+                                                                dict[int, Result]]:
+    """The snapshot and the results of its trials' jobs; StudyNotFound when there is no such study."""
+    study, trials, jobs = study_snapshot(session=session, study_id=study_id)
+    if study is None:
+        raise StudyNotFound(f"no study {study_id}; `lamp study list` lists them")
+    return study, trials, jobs, results_for(session=session, job_ids=list(jobs))
+
+
+def add_study(*, session: Session, study: Study) -> Study:
+    """Record a study; its Optuna name is made from the id it gets."""
+    session.add(study)
+    session.flush()
+    study.optuna_name = f"lamp-study-{study.id}"
+    return study
+
+
+def delete_study(*, session: Session, study_id: int) -> None:
+    row = session.get(Study, study_id)
+    if row is not None:
+        session.delete(row)
+
+
+def lock_study(*, session: Session, study_id: int, seconds: float) -> Study | None:
+    """Take the study's lease (the one process advancing it) for `seconds`; None while another holds it."""
+    now = utcnow()
+    got = session.execute(
+        update(Study).where(Study.id == study_id, (Study.locked_until.is_(None)) | (Study.locked_until < now))
+        .values(locked_until=now + timedelta(seconds=seconds)).returning(Study.id)).scalar_one_or_none()
+    return session.get(Study, study_id) if got is not None else None
+
+
+def unlock_study(*, session: Session, study_id: int) -> None:
+    session.execute(update(Study).where(Study.id == study_id).values(locked_until=None))
+
+
+def add_trial(*, session: Session, trial: StudyTrial) -> None:
+    session.add(trial)
+
+
+def set_trial(*, session: Session, trial_id: int, state: str, note: str | None) -> None:
+    session.execute(update(StudyTrial).where(StudyTrial.id == trial_id).values(state=state, note=note))
+
+
+def finish_study(*, session: Session, study_id: int, status: StudyStatus) -> None:
+    session.execute(update(Study).where(Study.id == study_id, Study.status == StudyStatus.RUNNING)
+                    .values(status=status, finished_at=utcnow()))
+
+
+def cancel_study(*, session: Session, study_id: int) -> list[int]:
+    """Mark a study CANCELLED; returns the jobs of its open trials (to be cancelled)."""
+    if session.get(Study, study_id) is None:
+        raise StudyNotFound(f"no study {study_id}; `lamp study list` lists them")
+    finish_study(session=session, study_id=study_id, status=StudyStatus.CANCELLED)
+    return [j for j in session.scalars(select(StudyTrial.job_id).where(
+        StudyTrial.study_id == study_id, StudyTrial.state == "RUNNING")) if j is not None]
+
+
+def studies_with_work(*, session: Session) -> list[int]:
+    """Studies still running, or with a trial not yet told."""
+    running = select(Study.id).where(Study.status == StudyStatus.RUNNING)
+    open_trials = select(StudyTrial.study_id).where(StudyTrial.state == "RUNNING")
+    return list(session.scalars(running.union(open_trials)))
+
+
+def trial_of_job(*, session: Session, job_id: int) -> tuple[Study, StudyTrial] | None:
+    """The study and trial a job runs, if it is a study's trial."""
+    trial = session.scalar(select(StudyTrial).where(StudyTrial.job_id == job_id))
+    study = session.get(Study, trial.study_id) if trial is not None else None
+    return (study, trial) if study is not None and trial is not None else None
+

@@ -1,4 +1,5 @@
-"""`lamp study start | list | show | cancel | relaunch` (registered by jobs.cli)."""
+"""`lamp study start | list | show | cancel | relaunch` (registered by jobs.cli). `show` only reads: the workers
+advance a study (jobs.studies.conduct); its CSV and charts come from jobs.studies.report, as the Study tab's do."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def plan_from_args(a: argparse.Namespace) -> Any:
 
 def cmd_start(a: argparse.Namespace) -> int:
     from jobs.db import read, upgrade_database
-    from jobs.studies import create_study, study_jobs
+    from jobs.store import study_jobs
+    from jobs.studies import create_study
 
     plan = plan_from_args(a)
     upgrade_database()
@@ -52,7 +54,7 @@ def cmd_start(a: argparse.Namespace) -> int:
 
 def cmd_list(a: argparse.Namespace) -> int:
     from jobs.db import read, upgrade_database
-    from jobs.studies import list_studies
+    from jobs.store import list_studies
 
     upgrade_database()
     rows = [{"id": s.id, "name": s.name, "status": s.status, "mode": s.mode, "trials": s.n_trials,
@@ -116,13 +118,12 @@ def view_json(view: Any) -> dict[str, Any]:
 
 def cmd_show(a: argparse.Namespace) -> int:
     from jobs.db import upgrade_database
-    from jobs.studies import advance, study_view
+    from jobs.studies import study_view
 
     upgrade_database()
     last = ""
     while True:
-        advance(a.id)  # tells finished trials even when no worker is watching this study
-        view = study_view(a.id)
+        view = study_view(a.id)  # reads only: the workers advance the study
         if not a.wait or view.status != "RUNNING":
             break
         line = ", ".join(f"{n} {s.lower()}" for s, n in sorted(view.counts().items()))
@@ -131,13 +132,13 @@ def cmd_show(a: argparse.Namespace) -> int:
             last = line
         time.sleep(a.poll)
     if a.csv:
-        from app.study import settings_frame
+        from jobs.studies.report import settings_frame
 
         settings_frame(view).to_csv(a.csv, index=False)
     if a.charts:
-        from app.study import write_charts
+        from jobs.studies.report import DEFAULT_LINK_BASE, write_charts
 
-        for path in write_charts(view, Path(a.charts), a.link_base):
+        for path in write_charts(view, Path(a.charts), a.link_base or DEFAULT_LINK_BASE):
             print(f"wrote {path}", file=sys.stderr)
     if a.json:
         print(json.dumps(view_json(view)))
@@ -212,8 +213,9 @@ def register(sub: Any) -> None:
     p.add_argument("--csv", default=None, help="write the settings table (mean and spread over seeds) here")
     p.add_argument("--charts", default=None, metavar="DIR",
                    help="write the Pareto charts (HTML) of accuracy against params, time and memory into DIR")
-    p.add_argument("--link-base", default="http://127.0.0.1:7860/",
-                   help="the dashboard's address: each chart point links to <link-base>?job=N")
+    p.add_argument("--link-base", default=None,
+                   help="the dashboard's address: each chart point links to <link-base>?job=N (default: the "
+                        "address `lamp serve` listens on by default)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_show)
 

@@ -22,6 +22,7 @@ from core.errors import ConfigError, StorageError
 from core.spec import RunSpec, spec_to_dict, validate_spec
 from jobs import runner, store
 from jobs.db import read, transact, upgrade_database
+from jobs.hooks import WorkerHooks
 from jobs.models import Status
 from jobs.queue import huey
 
@@ -43,8 +44,9 @@ def enqueue(job_id: int) -> None:
 
 
 def submit(spec: RunSpec, *, max_attempts: int = 3) -> int:
-    """Validate (the same checks as `lamp train`), record the job, queue it; returns its id. A bad spec raises
-    ConfigError and nothing is written or queued."""
+    """Validate the settings (validate_spec, as `lamp train` does), record the job, queue it; returns its id. A bad
+    spec raises ConfigError and nothing is written or queued. What the run reads (its files, a warm start) was
+    checked once where it was submitted: core.inputs.check_inputs (the CLI, the New job form, a study's creation)."""
     validate_spec(spec)
     if max_attempts < 1:
         raise ConfigError(f"max_attempts={max_attempts}: must be at least 1")
@@ -88,14 +90,13 @@ def _hand_back(signal_name: str, task: Any, *args: Any, **kwargs: Any) -> None:
     runner.hand_back_all()
 
 
-def _reap_forever(stop: threading.Event, every: float) -> None:
-    from jobs.studies import advance_all
-
+def _reap_forever(stop: threading.Event, every: float, hooks: WorkerHooks) -> None:
     quiet_until = 0.0
     while not stop.wait(every):
         try:
             reap()
-            advance_all()  # studies whose trials ended without a worker noticing (a cancelled queued job, ...)
+            for sweep in hooks.sweep:  # e.g. studies whose trials ended without a worker noticing (a cancelled job)
+                sweep()
         except StorageError as exc:  # the store's disk is full or read-only: one line a minute, not a traceback
             if time.monotonic() >= quiet_until:
                 log.error("reaper: %s (retrying every %.0f s)", exc, every)
@@ -104,14 +105,15 @@ def _reap_forever(stop: threading.Event, every: float) -> None:
             log.exception("reaper failed")
 
 
-def start_reaper(lease_seconds: float | None = None) -> Callable[[], None]:
+def start_reaper(lease_seconds: float | None = None, hooks: WorkerHooks | None = None) -> Callable[[], None]:
     """The reaper alone, for a process that runs no worker (`lamp serve --no-worker`): jobs whose worker died
-    elsewhere are still requeued (or FAILED) when their lease expires. Returns stop()."""
+    elsewhere are still requeued (or FAILED) when their lease expires, and the hooks' sweeps run. Returns stop()."""
     upgrade_database()
     seconds = lease_seconds if lease_seconds is not None else runner.WorkerSettings().lease_seconds
     stop = threading.Event()
     every = max(0.5, min(5.0, seconds / 3))
-    threading.Thread(target=_reap_forever, args=(stop, every), name="lamp-reaper", daemon=True).start()
+    threading.Thread(target=_reap_forever, args=(stop, every, hooks or WorkerHooks()), name="lamp-reaper",
+                     daemon=True).start()
     return stop.set
 
 
@@ -121,30 +123,30 @@ class _EmbeddedConsumer(Consumer):
 
 
 def _start(consumer_class: type[Consumer], workers: int, device: str | None, threads: int | None,
-           lease_seconds: float | None) -> tuple[Consumer, threading.Event]:
+           lease_seconds: float | None, hooks: WorkerHooks) -> tuple[Consumer, threading.Event]:
     upgrade_database()
     runner.open_for_work()
-    runner.settings = runner.WorkerSettings(device=device, threads=threads)
+    runner.settings = runner.WorkerSettings(device=device, threads=threads, hooks=hooks)
     if lease_seconds is not None:
         runner.settings.lease_seconds = lease_seconds
     reap()
     stop = threading.Event()
     every = max(0.5, min(5.0, runner.settings.lease_seconds / 3))
-    threading.Thread(target=_reap_forever, args=(stop, every), name="lamp-reaper", daemon=True).start()
+    threading.Thread(target=_reap_forever, args=(stop, every, hooks), name="lamp-reaper", daemon=True).start()
     consumer = consumer_class(huey, workers=workers, worker_type="thread", periodic=False, initial_delay=0.1,
                               backoff=1.15, max_delay=1.0)
     return consumer, stop
 
 
 def run_worker(*, workers: int = 1, device: str | None = None, threads: int | None = None,
-               lease_seconds: float | None = None) -> None:
+               lease_seconds: float | None = None, hooks: WorkerHooks | None = None) -> None:
     """`lamp worker`: a huey consumer with `workers` threads, each running one job at a time in its own training
-    process, plus the reaper. SIGTERM hands running jobs back; Ctrl-C lets them finish (a second one hands them
-    back)."""
+    process, plus the reaper; `hooks` is what else it runs (jobs.hooks). SIGTERM hands running jobs back; Ctrl-C
+    lets them finish (a second one hands them back)."""
     visible = runner.WorkerSettings(device=device).visible_devices()
     if visible is not None:  # this process never touches CUDA; its training processes inherit it from birth
         os.environ["CUDA_VISIBLE_DEVICES"] = visible
-    consumer, stop = _start(Consumer, workers, device, threads, lease_seconds)
+    consumer, stop = _start(Consumer, workers, device, threads, lease_seconds, hooks or WorkerHooks())
     try:
         consumer.run()
     finally:
@@ -152,10 +154,11 @@ def run_worker(*, workers: int = 1, device: str | None = None, threads: int | No
 
 
 def start_embedded_worker(*, workers: int = 1, device: str | None = None, threads: int | None = None,
-                          lease_seconds: float | None = None) -> Callable[[], None]:
+                          lease_seconds: float | None = None, hooks: WorkerHooks | None = None) -> Callable[[], None]:
     """A consumer inside another program (`lamp serve`): worker threads, no signal handlers. Returns `stop()`,
     which stops taking jobs and hands running ones back (checkpointed, QUEUED) before it returns."""
-    consumer, reaper_stop = _start(_EmbeddedConsumer, workers, device, threads, lease_seconds)
+    consumer, reaper_stop = _start(_EmbeddedConsumer, workers, device, threads, lease_seconds,
+                                   hooks or WorkerHooks())
     consumer.start()
 
     def stop() -> None:

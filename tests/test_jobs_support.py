@@ -59,14 +59,16 @@ def postgres_database(base_url: str) -> Iterator[str]:
 def worker_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str) -> Iterator[str]:
     """A private store and queue that tests step in-process (`jobs.queue.execute_next`), on the embedded default
     (SQLite store and queue) or the scaled-out pair (PostgreSQL store, Redis queue); yields the store's URL. A
-    study's Optuna database (beside the store) goes with it."""
+    study's Optuna database (beside the store) goes with it. The in-process worker has the hooks `lamp worker`
+    starts with (a study's pruner, its advance at each job's end)."""
     from jobs import runner, studies
     from jobs.db import dispose_engines, upgrade_database
     from jobs.queue import huey, use_queue
 
     monkeypatch.setenv("LAMP_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
     monkeypatch.delenv("LAMP_STUDY_DATABASE_URL", raising=False)
-    monkeypatch.setattr(runner, "settings", runner.WorkerSettings(threads=1, lease_seconds=10, stop_grace=10))
+    monkeypatch.setattr(runner, "settings", runner.WorkerSettings(threads=1, lease_seconds=10, stop_grace=10,
+                                                                  hooks=studies.worker_hooks()))
     runner.open_for_work()
     with contextlib.ExitStack() as stack:
         if backend == "sqlite":
@@ -81,7 +83,7 @@ def worker_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str) 
         upgrade_database(url)
         yield url
         dispose_engines()
-        studies._storage.cache_clear()
+        studies.optuna_storage.cache_clear()
     use_queue("memory://")
 
 

@@ -48,9 +48,7 @@ def _run_all() -> None:
 
 
 def _rows(study_id: int) -> tuple[Study, list[StudyTrial]]:
-    from jobs.studies import _snapshot
-
-    study, trials, _ = read(_snapshot, study_id=study_id)
+    study, trials, _ = read(store.study_snapshot, study_id=study_id)
     assert study is not None
     return study, trials
 
@@ -268,6 +266,37 @@ def test_cancelling_a_study_cancels_its_jobs_and_asks_no_more(sqlite_store: str,
     for t in view.trials:
         job = read(store.get_job, job_id=t.job_id)
         assert job is not None and job.status == Status.CANCELLED
+
+
+def test_reading_a_study_never_advances_it_and_the_workers_hooks_do(sqlite_store: str, base: RunSpec,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from jobs import runner
+    from jobs.hooks import WorkerHooks
+    from jobs.queue import execute_next
+    from jobs.studies import StudyPlan, create_study, study_view, worker_hooks
+    from lamp.cli import main
+
+    plan = StudyPlan(name="reads", base=base, space={"rank": [1, 2]}, pruner="none")
+    study_id = create_study(plan)
+    monkeypatch.setattr(runner.settings, "hooks", WorkerHooks())  # a worker without the studies' hooks
+    while execute_next():
+        pass
+    view = study_view(study_id)
+    assert main(["study", "show", str(study_id), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "RUNNING"
+    study, trials = _rows(study_id)  # the page and the CLI read the jobs' outcome, and wrote nothing
+    assert study.status == "RUNNING" and [t.state for t in trials] == ["RUNNING", "RUNNING"]
+    assert [t.state for t in view.trials] == ["SUCCEEDED", "SUCCEEDED"]
+    worker_hooks().sweep[0]()  # the reaper's pass of a worker that has them tells Optuna
+    assert _rows(study_id)[0].status == "DONE"
+
+    monkeypatch.setattr(runner.settings, "hooks", worker_hooks())  # each job's end advances its study at once
+    again = create_study(replace(plan, name="hooks"))
+    while execute_next():
+        pass
+    study, trials = _rows(again)
+    assert study.status == "DONE" and [t.state for t in trials] == ["COMPLETE", "COMPLETE"]
 
 
 def test_the_recommendation_relaunches_on_a_larger_budget(sqlite_store: str, base: RunSpec) -> None:

@@ -15,7 +15,7 @@ from app.settings import ServeSettings
 from core.errors import ConfigError
 from core.methods import METHODS
 from core.tasks import BUILTIN_TASKS
-from jobs.studies import COST_LABELS, COSTS, StudyNotFound, advance, cancel_study, relaunch, study_view
+from jobs.studies import COST_LABELS, COSTS, StudyNotFound, cancel_study, relaunch, study_view
 
 POLL_SECONDS = 3.0
 INFO = {
@@ -160,8 +160,7 @@ def build(settings: ServeSettings) -> StudyTab:
         if sid is None:
             return [gr.skip()] * (len(outputs) - 1) + [None]
         try:
-            advance(sid)  # tell finished trials even when no worker is running in this process
-            view = study_view(sid)
+            view = study_view(sid)  # reads only: the worker advances the study
         except StudyNotFound:
             missing = ("missing", sid)
             if last == missing:
