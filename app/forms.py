@@ -4,14 +4,13 @@ trainable-parameter count for the chosen knobs."""
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from app.access import Access, check_data_dir, check_model
-from core.errors import ConfigError, DataError, LampError
+from core.errors import ConfigError, DataError, LampError, ProblemsError
 from core.inputs import check_inputs
 from core.methods import METHODS, LampConfig, method_config
 from core.spec import DEFAULT_LR, DEFAULT_STEPS, DataConfig, ModelConfig, RunSpec, TrainConfig, validate_spec
@@ -71,36 +70,30 @@ class FormError(LampError):
         self.problems = problems
 
 
-# A problem message from core names its setting first ("rank=9 > ...", "--train x: ...", "data: ..."); this maps
-# that name to the form field a person has to change.
-_FIELD_OF = {
-    "model": "model", "dtype": "dtype", "quantize": "quantize", "data": "task", "--train": "data_file",
-    "--eval": "data_file", "kind": "kind", "steps": "steps", "epochs": "steps", "give": "steps",
-    "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay", "max_length": "max_length",
-    "eval_every": "eval_every", "device": "device", "length": "length", "rank": "rank", "pool": "pool",
-    "method": "method", "init": "method", "max_attempts": "max_attempts", "text_column": "text_column",
-    "label_column": "label_column", "template": "template", "seed": "seed", "init_from": "init_from",
-    "data_dir": "data_dir",
+FIELD_OF_SETTING = {
+    "model": "model", "dtype": "dtype", "quantize": "quantize", "task": "task", "data_dir": "data_dir",
+    "train_file": "data_file", "eval_file": "data_file", "text_column": "text_column", "template": "template",
+    "label_column": "label_column", "kind": "kind", "method": "method", "init": "method", "length": "length",
+    "rank": "rank", "pool": "pool", "steps": "steps", "epochs": "steps", "batch_size": "batch_size", "lr": "lr",
+    "weight_decay": "weight_decay", "max_length": "max_length", "eval_every": "eval_every",
+    "checkpoint_every": "eval_every", "seed": "seed", "device": "device", "init_from": "init_from",
+    "max_attempts": "max_attempts",
 }
+"""core's settings (the names its problems carry) -> the form field a person has to change."""
 
 
-def field_of(message: str) -> str:
-    """The form field a core problem message is about ("" when none fits)."""
-    match = re.match(r"\s*(--[a-z]+|[a-z_]+)", message)
-    key = match.group(1) if match else ""
-    if key == "data" and "--text-column or --template" in message:
-        return "text_column"
-    if key == "quantize" or message.startswith("quantize=4bit"):
-        return "quantize"
-    return _FIELD_OF.get(key, "")
+def field_of(setting: str | None) -> str:
+    """The form field of a setting ("" when the form has none: the problem is shown for the whole form)."""
+    return FIELD_OF_SETTING.get(setting or "", "")
 
 
-def _add(problems: dict[str, str], message: str, where: str | None = None) -> None:
-    for line in message.splitlines():
-        if not line.strip():
-            continue
-        key = field_of(line) if where is None else where
-        problems[key] = f"{problems[key]}; {line}" if key in problems else line
+def _add(problems: dict[str, str], error: ProblemsError, rename: tuple[str, str] | None = None) -> None:
+    """Each of the error's problems under the field of its setting (several on one field are joined); `rename`
+    replaces a path in the messages (the server's copy of an upload -> the name the user gave it)."""
+    for setting, message in error.problems:
+        key = field_of(setting)
+        text = message.replace(*rename) if rename else message
+        problems[key] = f"{problems[key]}; {text}" if key in problems else text
 
 
 def _int(values: dict[str, Any], name: str, problems: dict[str, str], *, optional: bool = False) -> int | None:
@@ -132,16 +125,17 @@ def _float(values: dict[str, Any], name: str, problems: dict[str, str]) -> float
         return None
 
 
-def spec_from_form(values: dict[str, Any], access: Access | None = None) -> tuple[RunSpec, int]:
-    """The job's settings and max attempts, checked as `lamp submit` checks them. FormError lists every problem,
-    each under its field. Only what `access` allows is named: the owner's uploads (by id), `default` or a hub id or
-    a folder inside the allowed ones, a job id to start from."""
+def settings_from_form(values: dict[str, Any], access: Access | None = None) -> tuple[RunSpec, int]:
+    """The job's settings and max attempts from the form, validated as `lamp submit` validates them; no file is
+    read (the cost preview calls this on every change). FormError lists every problem, each under its field. Only
+    what `access` allows is named: the owner's uploads (by id), `default` or a hub id or a folder inside the
+    allowed ones, a job id to start from."""
     access = access or Access()
     v = {**DEFAULTS, **{k: val for k, val in values.items() if k in FIELDS}}
     problems: dict[str, str] = {}
     ints = {n: _int(v, n, problems) for n in ("length", "rank", "pool", "steps", "batch_size", "max_length",
                                                "eval_every", "seed", "max_attempts")}
-    lr, weight_decay = _float(v, "lr", problems), _float(v, "weight_decay", problems)
+    floats = {n: _float(v, n, problems) for n in ("lr", "weight_decay")}
     init_from = _init_from(v["init_from"], problems)
     if problems:
         raise FormError(problems)
@@ -149,9 +143,43 @@ def spec_from_form(values: dict[str, Any], access: Access | None = None) -> tupl
     try:
         method = method_config(str(v["method"]), length=ints["length"], rank=ints["rank"], pool=ints["pool"])
     except ConfigError as exc:
-        _add(problems, str(exc))
+        _add(problems, exc)
         method = LampConfig()
     own = v["source"] == OWN_DATA
+    spec = RunSpec(model=ModelConfig(model or "default", v["dtype"], v["quantize"]), method=method,
+                   data=_data_config(v, own, access, problems), train=_train_config(ints, floats, init_from, v))
+    try:
+        validate_spec(spec)
+    except ConfigError as exc:
+        _add(problems, exc)
+    if own and "task" in problems:  # "give a task or a file": with own data selected, the file is what is missing
+        problems.setdefault("data_file", problems.pop("task"))
+        problems.pop("task", None)
+    if (ints["max_attempts"] or 0) < 1:
+        problems["max_attempts"] = "must be at least 1"
+    if problems:
+        raise FormError(problems)
+    return spec, ints["max_attempts"] or 3
+
+
+def spec_from_form(values: dict[str, Any], access: Access | None = None) -> tuple[RunSpec, int]:
+    """What Launch submits: `settings_from_form`, then what the job reads checked once (core.inputs): the upload
+    read as the job will read it (one streaming pass, within the upload limits, so that a bad column or a
+    one-class label shows before queueing), a warm start's source. FormError lists every problem by field."""
+    access = access or Access()
+    spec, attempts = settings_from_form(values, access)
+    upload = spec.data.train_file
+    try:
+        check_inputs(spec, read_within=access.limits if upload else None)
+    except (ConfigError, DataError) as exc:
+        problems: dict[str, str] = {}
+        found = exc.about("train_file") if isinstance(exc, DataError) else exc  # the file, unless a column is named
+        _add(problems, found, (upload, Path(upload).name) if upload else None)
+        raise FormError(problems) from exc
+    return spec, attempts
+
+
+def _data_config(v: dict[str, Any], own: bool, access: Access, problems: dict[str, str]) -> DataConfig:
     data_file = _data_file(v["data_file"], access, problems) if own else None
     data_dir = None if own else _checked(problems, "data_dir", check_data_dir, v["data_dir"], access.allowed_dirs)
     template = (v["template"] or "").strip() or None
@@ -166,31 +194,17 @@ def spec_from_form(values: dict[str, Any], access: Access | None = None) -> tupl
         problems["label_column"] = "pick the column that holds the answer"
     if not own and not data.task:
         problems["task"] = f"pick a task: {', '.join(BUILTIN_TASKS)}"
-    spec = RunSpec(
-        model=ModelConfig(model or "default", v["dtype"], v["quantize"]),
-        method=method,
-        data=data,
-        train=TrainConfig(steps=ints["steps"], batch_size=ints["batch_size"] or 0, lr=lr,
-                          weight_decay=weight_decay if weight_decay is not None else 1e-5,
-                          max_length=ints["max_length"] or 0, eval_every=ints["eval_every"] or 0,
-                          checkpoint_every=min(25, ints["eval_every"] or 25), seed=ints["seed"] or 0,
-                          init_from=init_from, device=str(v["device"])),
-    )
-    try:
-        validate_spec(spec)
-        check_inputs(spec)
-    except ConfigError as exc:
-        _add(problems, str(exc))
-    if own and "task" in problems:  # "give a task or a file": with own data selected, the file is what is missing
-        problems.setdefault("data_file", problems.pop("task"))
-        problems.pop("task", None)
-    if (ints["max_attempts"] or 0) < 1:
-        problems["max_attempts"] = "must be at least 1"
-    if own and data_file and not problems:
-        check_data(spec.data, problems, access)
-    if problems:
-        raise FormError(problems)
-    return spec, ints["max_attempts"] or 3
+    return data
+
+
+def _train_config(ints: dict[str, int | None], floats: dict[str, float | None], init_from: str | None,
+                  v: dict[str, Any]) -> TrainConfig:
+    weight_decay = floats["weight_decay"]
+    return TrainConfig(steps=ints["steps"], batch_size=ints["batch_size"] or 0, lr=floats["lr"],
+                       weight_decay=weight_decay if weight_decay is not None else 1e-5,
+                       max_length=ints["max_length"] or 0, eval_every=ints["eval_every"] or 0,
+                       checkpoint_every=min(25, ints["eval_every"] or 25), seed=ints["seed"] or 0,
+                       init_from=init_from, device=str(v["device"]))
 
 
 def _checked(problems: dict[str, str], name: str, check: Any, value: Any, allowed: Any) -> Any:
@@ -230,30 +244,6 @@ def _init_from(value: Any, problems: dict[str, str]) -> str | None:
     except ConfigError as exc:
         problems["init_from"] = str(exc)
         return None
-
-
-def check_data(data: DataConfig, problems: dict[str, str], access: Access | None = None) -> None:
-    """Check the user's file as the job will read it (one streaming pass, within the upload limits), so that a bad
-    column or a one-class label shows before queueing."""
-    from core.tasks.files import check_user_files
-
-    assert data.train_file is not None
-    try:
-        check_user_files(data.train_file, data.eval_file, text_column=data.text_column,
-                         label_column=data.label_column, template=data.template, kind=data.kind,
-                         limits=(access or Access()).limits)
-    except (DataError, ConfigError) as exc:
-        text = str(exc).replace(data.train_file, Path(data.train_file).name)
-        lowered = text.lower()
-        if text.startswith("label_column=") or (data.label_column and data.label_column in text
-                                                and "label" in lowered):
-            problems["label_column"] = text
-        elif "column" in lowered and data.text_column and data.text_column in text:
-            problems["text_column"] = text
-        elif "template" in lowered:
-            problems["template"] = text
-        else:
-            problems["data_file"] = text
 
 
 def hidden_size_of(model: str) -> int | None:
@@ -299,7 +289,8 @@ def default_lr_note(method: str) -> str:
     return f"empty = {DEFAULT_LR.get(method, 0.01)} (measured default for {method})"
 
 
-__all__ = ["DEFAULTS", "FIELDS", "METHODS", "PRESETS", "FormError", "field_of", "param_summary", "spec_from_form"]
+__all__ = ["DEFAULTS", "FIELDS", "METHODS", "PRESETS", "FormError", "field_of", "param_summary", "settings_from_form",
+           "spec_from_form"]
 
 
 _WIDTH_KEYS = ("model", "source", "task", "data_file", "text_column", "template", "label_column", "kind",
@@ -321,7 +312,7 @@ def cost_summary(values: dict[str, Any], access: Access | None = None) -> str:
     from jobs.estimates import timed_from_history
 
     try:
-        spec, _ = spec_from_form(values, access)
+        spec, _ = settings_from_form(values, access)
     except FormError:
         return "**Cost:** fix the form's problems first."
     if spec.model.name == "default":

@@ -42,6 +42,9 @@ _BASE_FIELD = {"method": "methods", "length": "lengths", "rank": "ranks", "pool"
                "seed": "seeds"}
 SWEEPS = {"methods": ("method", str), "lengths": ("length", int), "ranks": ("rank", int), "pools": ("pool", int),
           "lrs": ("lr", float), "seeds": ("seed", int)}
+# A plan's problems by setting (jobs.studies.plan: a swept knob, `space`, or the plan's own) -> the field to change;
+# the plan's own settings and the base run's that the form shows keep their names, the rest go beside the name.
+_PLAN_FIELD = {**{knob: name for name, (knob, _) in SWEEPS.items()}, "space": "ranks"}
 
 
 def plan_from_form(values: dict[str, Any], access: Access | None = None) -> StudyPlan:
@@ -97,20 +100,11 @@ def plan_from_form(values: dict[str, Any], access: Access | None = None) -> Stud
     try:
         return check_plan(plan)
     except ConfigError as exc:
-        raise FormError({_field_of_plan_problem(line): line for line in str(exc).splitlines()}) from exc
-
-
-def _field_of_plan_problem(message: str) -> str:
-    knob = message.split("=", 1)[0]
-    sweep = {knob_: name for name, (knob_, _) in SWEEPS.items()}
-    if knob in sweep and " fits no setting" in message:
-        return sweep[knob]
-    for key, name in (("trials", "trials"), ("objectives", "objectives"), ("tolerance", "tolerance"),
-                      ("parallel", "parallel"), ("rank", "ranks"), ("length", "lengths"), ("pool", "pools"),
-                      ("the space", "ranks"), ("no valid", "ranks"), ("lr", "lrs")):
-        if message.startswith(key):
-            return name
-    return "name"
+        found: dict[str, str] = {}
+        for setting, message in exc.problems:
+            key = _PLAN_FIELD.get(setting or "", setting if setting in STUDY_FIELDS else "name")
+            found[key] = f"{found[key]}; {message}" if key in found else message
+        raise FormError(found) from exc
 
 
 def plan_text(plan: StudyPlan) -> str:

@@ -77,13 +77,26 @@ def test_every_bad_value_is_reported_beside_its_own_field() -> None:
     assert "lr=20" in problems["lr"]
 
 
-def test_core_messages_map_to_form_fields() -> None:
-    assert forms.field_of("steps=0: must be at least 1") == "steps"
-    assert forms.field_of("rank=9 > length=4: rank can be at most the prompt length") == "rank"
-    assert forms.field_of("--train /x.csv: no such file") == "data_file"
-    assert forms.field_of("quantize=4bit needs a CUDA device") == "quantize"
-    assert forms.field_of("data: give --text-column or --template, not both") == "text_column"
-    assert forms.field_of("something else entirely") == ""
+def test_core_problems_map_to_form_fields_by_setting() -> None:
+    assert forms.field_of("steps") == forms.field_of("epochs") == "steps"
+    assert forms.field_of("train_file") == forms.field_of("eval_file") == "data_file"
+    assert forms.field_of("init") == "method" and forms.field_of("checkpoint_every") == "eval_every"
+    assert forms.field_of("warmup_steps") == forms.field_of(None) == ""  # not on the form: shown for the whole form
+    # Every setting the form builds has a field (a problem about it can never land nowhere).
+    from dataclasses import fields
+
+    from core.spec import DataConfig, ModelConfig, TrainConfig
+    shown = {"name": "model", "dtype": "dtype", "quantize": "quantize", "task": "task", "data_dir": "data_dir",
+             "train_file": "data_file", "text_column": "text_column", "template": "template",
+             "label_column": "label_column", "kind": "kind", "steps": "steps", "batch_size": "batch_size",
+             "lr": "lr", "weight_decay": "weight_decay", "max_length": "max_length", "eval_every": "eval_every",
+             "seed": "seed", "device": "device", "init_from": "init_from"}
+    settings = {f.name for c in (ModelConfig, DataConfig, TrainConfig) for f in fields(c)}
+    assert set(shown) <= settings
+    assert all(forms.field_of("model" if s == "name" else s) == f for s, f in shown.items())
+    with pytest.raises(forms.FormError) as info:  # each problem beside the field of the setting it names
+        forms.spec_from_form(_form(quantize="4bit", device="cpu", rank=200))
+    assert set(info.value.problems) == {"quantize", "rank"}
 
 
 def test_own_data_needs_a_file_and_columns_and_a_label_with_two_classes(store_env: Path, gradio_tmp: Path,

@@ -50,19 +50,21 @@ def read_table(file: str, *, max_bytes: int = 200 * 2**20, limits: Limits | None
     return Table(reader.path, tuple(reader.columns), rows, where)
 
 
-def _require_columns(path: Path, columns: Sequence[str], names: Sequence[str], role: str) -> None:
+def _require_columns(path: Path, columns: Sequence[str], names: Sequence[str], role: str, setting: str) -> None:
     missing = [n for n in names if n not in columns]
     if missing:
-        raise DataError(f"{path}: no column {', '.join(map(repr, missing))} ({role}); columns: {', '.join(columns)}")
+        raise DataError((setting, f"{path}: no column {', '.join(map(repr, missing))} ({role}); columns: "
+                                  f"{', '.join(columns)}"))
 
 
 def _template_columns(template: str) -> list[str]:
     try:
         fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as exc:
-        raise ConfigError(f"template {template!r} is not a valid format string: {exc}") from exc
+        raise ConfigError(("template", f"template {template!r} is not a valid format string: {exc}")) from exc
     if not fields or any(not f or f.isdigit() for f in fields):
-        raise ConfigError(f"template {template!r} must name columns in braces, e.g. 'question: {{question}}'")
+        raise ConfigError(("template", f"template {template!r} must name columns in braces, e.g. "
+                                       "'question: {question}'"))
     return list(dict.fromkeys(fields))
 
 
@@ -74,7 +76,7 @@ def _renderer(template: str | None, columns: list[str]) -> Callable[[dict[str, s
         try:
             return template.format_map({c: row[c].strip() for c in columns}).strip()
         except (ValueError, IndexError, KeyError, AttributeError) as exc:
-            raise ConfigError(f"template {template!r} cannot be filled: {exc}") from exc
+            raise ConfigError(("template", f"template {template!r} cannot be filled: {exc}")) from exc
 
     return render
 
@@ -91,15 +93,15 @@ class Columns:
     @classmethod
     def of(cls, text_column: str | None, label_column: str | None, template: str | None, kind: str) -> Columns:
         if text_column is not None and template is not None:
-            raise ConfigError("give either text_column or template, not both")
+            raise ConfigError(("text_column", "give either text_column or template, not both"))
         if kind not in ("auto", "classification", "generation"):
-            raise ConfigError(f"kind {kind!r} must be 'auto', 'classification' or 'generation'")
+            raise ConfigError(("kind", f"kind {kind!r} must be 'auto', 'classification' or 'generation'"))
         inputs = _template_columns(template) if template is not None else [text_column or "text"]
         label = label_column or "label"
         if label in inputs:
             where = f"the template {template!r} uses it" if template is not None else "it is also the text column"
-            raise ConfigError(f"label_column={label!r}: {where}, so the model would read its own answer; pick a "
-                              "label column that is not part of the input")
+            raise ConfigError(("label_column", f"label_column={label!r}: {where}, so the model would read its own "
+                                               "answer; pick a label column that is not part of the input"))
         return cls(inputs, label, template, text_column is not None or template is not None)
 
 
@@ -142,10 +144,11 @@ class _Pass:
     def _check_columns(self, found: tuple[str, ...]) -> None:
         c = self.columns
         if not c.text_given and "text" not in found:
-            raise DataError(f"{self.path}: no 'text' column; pass text_column or template. Columns: "
-                            f"{', '.join(found)}")
-        _require_columns(self.path, found, c.inputs, "named by the template" if c.template else "text")
-        _require_columns(self.path, found, [c.label], "label; pass label_column")
+            raise DataError(("text_column", f"{self.path}: no 'text' column; pass text_column or template. "
+                                            f"Columns: {', '.join(found)}"))
+        _require_columns(self.path, found, c.inputs, "named by the template" if c.template else "text",
+                         "template" if c.template else "text_column")
+        _require_columns(self.path, found, [c.label], "label; pass label_column", "label_column")
 
 
 def _sorted_labels(labels: set[str]) -> tuple[str, ...]:
@@ -162,14 +165,13 @@ def _label_words(kind: str, train: _Pass) -> tuple[str, ...] | None:
     if kind != "classification" and not auto:
         return None
     if distinct > MAX_LABELS:
-        raise DataError(f"{train.path}: column {label!r} has more than {MAX_LABELS} distinct labels; classification "
-                        "scores every label for every example, so that many would take hours per evaluation: use "
-                        "kind='generation', or merge labels")
+        raise DataError(("label_column", f"{train.path}: column {label!r} has more than {MAX_LABELS} distinct "
+                         "labels; classification scores every label for every example, so that many would take "
+                         "hours per evaluation: use kind='generation', or merge labels"))
     if distinct < 2:
-        raise DataError(
-            f"{train.path}: column {label!r} has one class only ({next(iter(train.labels))!r}); classification "
-            "needs two or more (or use kind='generation')"
-        )
+        raise DataError(("label_column", f"{train.path}: column {label!r} has one class only "
+                         f"({next(iter(train.labels))!r}); classification needs two or more (or use "
+                         "kind='generation')"))
     return _sorted_labels(train.labels)
 
 
@@ -270,7 +272,8 @@ def load_user_task(
 
 def _hold_out(examples: list[Example], seed: int, train_file: str) -> tuple[list[Example], list[Example], str]:
     if len(examples) < 2:
-        raise DataError(f"{train_file}: {len(examples)} row(s); holding out a validation set needs at least 2")
+        raise DataError(("train_file", f"{train_file}: {len(examples)} row(s); holding out a validation set needs "
+                                       "at least 2"))
     n_val = min(MAX_VALIDATION, max(1, round(len(examples) * VALIDATION_SHARE)))
     shuffled = list(examples)
     random.Random(seed).shuffle(shuffled)
