@@ -13,8 +13,18 @@ from app.access import Access, check_data_dir, check_model
 from core.errors import ConfigError, DataError, LampError, ProblemsError
 from core.inputs import check_inputs
 from core.methods import METHODS, LampConfig, method_config
-from core.spec import DEFAULT_LR, DEFAULT_STEPS, DataConfig, ModelConfig, RunSpec, TrainConfig, validate_spec
+from core.spec import (
+    DEFAULT_LR,
+    DEFAULT_METHOD,
+    DEFAULT_STEPS,
+    DataConfig,
+    ModelConfig,
+    RunSpec,
+    TrainConfig,
+    validate_spec,
+)
 from core.tasks import BUILTIN_TASKS
+from jobs.models import DEFAULT_MAX_ATTEMPTS
 
 OWN_DATA = "my own file"
 SOURCES = ("built-in task", OWN_DATA)
@@ -25,13 +35,18 @@ FIELDS = (
     "method", "length", "rank", "pool", "steps", "batch_size", "lr", "weight_decay", "max_length", "eval_every",
     "seed", "device", "max_attempts", "init_from", "data_dir",
 )
+_M, _D, _T, _LAMP = ModelConfig(), DataConfig(), TrainConfig(), LampConfig()
+"""The settings' own defaults (core.spec, core.methods): the form starts from them, so each is written once."""
 DEFAULTS: dict[str, Any] = {
-    "model": "default", "dtype": "float32", "quantize": "none", "source": "built-in task", "data_dir": None,
-    "task": "rotten_tomatoes", "data_file": "", "text_column": None, "template": "", "label_column": None,
-    "kind": "auto", "method": "lamp", "length": 100, "rank": 8, "pool": 4, "steps": DEFAULT_STEPS,
-    "batch_size": 16, "lr": "", "weight_decay": 1e-5, "max_length": 256, "eval_every": 50, "seed": 42,
-    "device": "auto", "max_attempts": 3, "init_from": "",
+    "model": _M.name, "dtype": _M.dtype, "quantize": _M.quantize, "source": "built-in task", "data_dir": None,
+    "task": _D.task, "data_file": "", "text_column": None, "template": "", "label_column": None, "kind": _D.kind,
+    "method": DEFAULT_METHOD, "length": _LAMP.length, "rank": _LAMP.rank, "pool": _LAMP.pool,
+    "steps": DEFAULT_STEPS, "batch_size": _T.batch_size, "lr": "", "weight_decay": _T.weight_decay,
+    "max_length": _T.max_length, "eval_every": _T.eval_every, "seed": _T.seed, "device": _T.device,
+    "max_attempts": DEFAULT_MAX_ATTEMPTS, "init_from": "",
 }
+_RUN = {"steps": DEFAULT_STEPS, "batch_size": _T.batch_size}
+"""What the baselines share with the measured default run."""
 
 
 @dataclass(frozen=True)
@@ -43,10 +58,11 @@ class Preset:
 
 PRESETS = {
     p.label: p for p in (
-        Preset("Measured default", "LAMP l=100, r=8, p=4, lr 0.01, 150 steps: the settings measured on the default "
-               "model (README, Choosing defaults).",
-               {"method": "lamp", "length": 100, "rank": 8, "pool": 4, "lr": None, "steps": 150, "batch_size": 16,
-                "max_length": 256, "eval_every": 50}),
+        Preset("Measured default", f"LAMP l={_LAMP.length}, r={_LAMP.rank}, p={_LAMP.pool}, lr "
+               f"{DEFAULT_LR[DEFAULT_METHOD]}, {DEFAULT_STEPS} steps: the settings measured on the default model "
+               "(README, Choosing defaults).",
+               {"method": DEFAULT_METHOD, "length": _LAMP.length, "rank": _LAMP.rank, "pool": _LAMP.pool,
+                "lr": None, **_RUN, "max_length": _T.max_length, "eval_every": _T.eval_every}),
         Preset("Quick look", "A short LAMP run (l=20, p=1, 40 steps) to check data and settings in a few minutes.",
                {"method": "lamp", "length": 20, "rank": 4, "pool": 1, "lr": None, "steps": 40, "batch_size": 8,
                 "max_length": 128, "eval_every": 20}),
@@ -54,10 +70,10 @@ PRESETS = {
                "diverges on small decoder-only models such as the default one.",
                {"method": "lamp", "length": 100, "rank": 8, "pool": 1, "lr": 0.3, "steps": 150, "batch_size": 16,
                 "max_length": 256, "eval_every": 50}),
-        Preset("Prompt tuning baseline", "Vanilla soft prompt (Lester et al. 2021), l=100.",
-               {"method": "prompt-tuning", "length": 100, "lr": None, "steps": 150, "batch_size": 16}),
-        Preset("DPT baseline", "P = A B with random A (l x r), B (r x d) (Xiao et al. 2023), l=100, r=8.",
-               {"method": "dpt", "length": 100, "rank": 8, "lr": None, "steps": 150, "batch_size": 16}),
+        Preset("Prompt tuning baseline", f"Vanilla soft prompt (Lester et al. 2021), l={_LAMP.length}.",
+               {"method": "prompt-tuning", "length": _LAMP.length, "lr": None, **_RUN}),
+        Preset("DPT baseline", f"P = A B with random A (l x r), B (r x d) (Xiao et al. 2023), l={_LAMP.length}, "
+               f"r={_LAMP.rank}.", {"method": "dpt", "length": _LAMP.length, "rank": _LAMP.rank, "lr": None, **_RUN}),
     )
 }
 
@@ -146,7 +162,7 @@ def settings_from_form(values: dict[str, Any], access: Access | None = None) -> 
         _add(problems, exc)
         method = LampConfig()
     own = v["source"] == OWN_DATA
-    spec = RunSpec(model=ModelConfig(model or "default", v["dtype"], v["quantize"]), method=method,
+    spec = RunSpec(model=ModelConfig(model or _M.name, v["dtype"], v["quantize"]), method=method,
                    data=_data_config(v, own, access, problems), train=_train_config(ints, floats, init_from, v))
     try:
         validate_spec(spec)
@@ -159,7 +175,7 @@ def settings_from_form(values: dict[str, Any], access: Access | None = None) -> 
         problems["max_attempts"] = "must be at least 1"
     if problems:
         raise FormError(problems)
-    return spec, ints["max_attempts"] or 3
+    return spec, ints["max_attempts"] or DEFAULT_MAX_ATTEMPTS
 
 
 def spec_from_form(values: dict[str, Any], access: Access | None = None) -> tuple[RunSpec, int]:
@@ -201,9 +217,10 @@ def _train_config(ints: dict[str, int | None], floats: dict[str, float | None], 
                   v: dict[str, Any]) -> TrainConfig:
     weight_decay = floats["weight_decay"]
     return TrainConfig(steps=ints["steps"], batch_size=ints["batch_size"] or 0, lr=floats["lr"],
-                       weight_decay=weight_decay if weight_decay is not None else 1e-5,
+                       weight_decay=weight_decay if weight_decay is not None else _T.weight_decay,
                        max_length=ints["max_length"] or 0, eval_every=ints["eval_every"] or 0,
-                       checkpoint_every=min(25, ints["eval_every"] or 25), seed=ints["seed"] or 0,
+                       checkpoint_every=min(_T.checkpoint_every, ints["eval_every"] or _T.checkpoint_every),
+                       seed=ints["seed"] or 0,
                        init_from=init_from, device=str(v["device"]))
 
 
@@ -286,7 +303,8 @@ def preset_values(label: str) -> dict[str, Any]:
 
 
 def default_lr_note(method: str) -> str:
-    return f"empty = {DEFAULT_LR.get(method, 0.01)} (measured default for {method})"
+    lr = DEFAULT_LR.get(method, DEFAULT_LR[DEFAULT_METHOD])
+    return f"empty = {lr} (measured default for {method})"
 
 
 __all__ = ["DEFAULTS", "FIELDS", "METHODS", "PRESETS", "FormError", "field_of", "param_summary", "settings_from_form",

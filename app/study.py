@@ -11,6 +11,7 @@ from app.access import Access
 from app.forms import DEFAULTS, FormError, spec_from_form
 from app.settings import export_csv
 from core.errors import ConfigError
+from core.spec import DEFAULT_STEPS, DataConfig, RunSpec
 from jobs.db import read
 from jobs.store import list_studies
 from jobs.studies import COSTS, StudyPlan, StudyView, check_plan, describe, parse_list
@@ -31,12 +32,17 @@ STUDY_FIELDS = (
     "methods", "lengths", "ranks", "pools", "lrs", "seeds", "mode", "trials", "sampler", "objectives", "pruner",
     "parallel", "tolerance",
 )
+_PLAN = StudyPlan(name="", base=RunSpec(), space={})
+"""A plan's own defaults (jobs.studies.plan); the study form starts from them and from the run's."""
 STUDY_DEFAULTS: dict[str, Any] = {
-    "name": "", "model": "default", "task": "rotten_tomatoes", "steps": 40, "batch_size": 8, "max_length": 256,
-    "eval_every": 20, "max_eval_examples": 200, "device": "auto", "methods": ["lamp"], "lengths": "20, 100",
-    "ranks": "4, 8", "pools": "1, 4", "lrs": "", "seeds": "42", "mode": "grid", "trials": 8, "sampler": "tpe",
-    "objectives": ["params"], "pruner": "median", "parallel": "", "tolerance": 1.0,
+    "name": "", "model": DEFAULTS["model"], "task": DEFAULTS["task"], "steps": 40, "batch_size": 8,
+    "max_length": DEFAULTS["max_length"], "eval_every": 20, "max_eval_examples": DataConfig.max_eval_examples,
+    "device": DEFAULTS["device"], "methods": [DEFAULTS["method"]], "lengths": "20, 100", "ranks": "4, 8",
+    "pools": "1, 4", "lrs": "", "seeds": str(DEFAULTS["seed"]), "mode": _PLAN.mode, "trials": 8,
+    "sampler": _PLAN.sampler, "objectives": list(_PLAN.objectives[1:]), "pruner": _PLAN.pruner, "parallel": "",
+    "tolerance": _PLAN.tolerance * 100,
 }
+"""Short trials (40 steps, batch 8) over a small grid: a study ranks settings, a relaunch trains the winner."""
 # Form fields of the base run (app.forms) -> the study form's field that shows their problems.
 _BASE_FIELD = {"method": "methods", "length": "lengths", "rank": "ranks", "pool": "pools", "lr": "lrs",
                "seed": "seeds"}
@@ -96,7 +102,7 @@ def plan_from_form(values: dict[str, Any], access: Access | None = None) -> Stud
         n_trials=int(trials) if budget and trials else None, objectives=objectives,
         sampler=str(values.get("sampler") or "tpe"), parallel=int(parallel) if parallel else None,
         pruner=str(values.get("pruner") or "median"),
-        tolerance=float(tolerance) / 100 if tolerance not in (None, "") else 0.01)
+        tolerance=float(tolerance) / 100 if tolerance not in (None, "") else _PLAN.tolerance)
     try:
         return check_plan(plan)
     except ConfigError as exc:
@@ -118,7 +124,7 @@ def plan_text(plan: StudyPlan) -> str:
     why = f" ({skipped} combination(s) skipped as duplicates or invalid: {sorted(set(dropped))[0]})" if dropped else (
         f" ({skipped} duplicate combination(s) skipped)" if skipped else "")
     return (f"Launching starts {what}{why}, {plan.parallel} queued at a time, each "
-            f"{plan.base.train.steps or 150} steps; objectives {', '.join(plan.objectives)}.")
+            f"{plan.base.train.steps or DEFAULT_STEPS} steps; objectives {', '.join(plan.objectives)}.")
 
 
 def launch(plan: StudyPlan) -> int:

@@ -25,10 +25,11 @@ from core.backbone import Backbone
 from core.batching import Codec, Encoded, collate
 from core.methods import MethodConfig, build_prompt
 from core.scoring import loss_fn, rank_candidates
+from core.spec import TrainConfig
 from core.train import optimizer_step, param_groups
 
-WEIGHT_DECAY = 1e-5
-GRAD_CLIP = 1.0
+WEIGHT_DECAY = TrainConfig.weight_decay
+GRAD_CLIP = TrainConfig.grad_clip
 
 
 def _trainable(module: nn.Module) -> list[nn.Parameter]:

@@ -6,7 +6,8 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from core.errors import ConfigError
-from core.spec import DEFAULT_STEPS, TrainConfig
+from core.methods import LampConfig
+from core.spec import DEFAULT_STEPS, RECIPES, DataConfig, ModelConfig, TrainConfig
 from core.tasks import BUILTIN_TASKS
 
 SECTIONS = ("steps", "inference", "accuracy", "growth", "serving")
@@ -15,35 +16,35 @@ BUDGETS = ("steps", "time")
 
 @dataclass(frozen=True)
 class BenchSettings:
-    model: str = "default"
+    model: str = ModelConfig.name
     """Hub id, local folder, or `default` (the offline SmolLM2-135M-Instruct)."""
-    device: str = "auto"
-    dtype: str = "float32"
+    device: str = TrainConfig.device
+    dtype: str = ModelConfig.dtype
     """Backbone dtype; the prompts' own parameters stay float32 (ours and PEFT's)."""
     threads: int | None = None
     """torch CPU threads; None leaves torch's default (recorded in the report either way)."""
-    seed: int = 42
+    seed: int = TrainConfig.seed
     """Prompt init, data order and the batches every contender sees."""
-    batch_size: int = 16
+    batch_size: int = TrainConfig.batch_size
     """Training examples per step for the step-time and memory table."""
-    max_length: int = 256
+    max_length: int = TrainConfig.max_length
     """Longest input in tokens, prompt excluded."""
     warmup: int = 1
     """Untimed steps before timing each contender."""
     repeats: int = 3
     """Timed steps (or inference calls) per contender; the report gives the median and the min-max spread."""
-    length: int = 100
+    length: int = LampConfig.length
     """l for every prompt in the step, inference and accuracy tables (PEFT's num_virtual_tokens)."""
-    rank: int = 8
+    rank: int = LampConfig.rank
     pools: tuple[int, ...] = (1, 2, 4, 5, 10)
     """LAMP's pools p in the step table; each must divide `length`."""
-    default_pool: int = 4
+    default_pool: int = LampConfig.pool
     """Our default p: used for inference, accuracy and growth."""
     infer_batch_sizes: tuple[int, ...] = (1, 16)
     growth_lengths: tuple[int, ...] = (20, 100, 500, 1000)
     growth_batch_size: int = 4
     """Smaller than `batch_size` so that PEFT at l=1000 fits a CPU's time budget."""
-    task: str = "rotten_tomatoes"
+    task: str = str(DataConfig.task)
     """The built-in task every section reads (the offline ones: rotten_tomatoes, presidential_debates)."""
     accuracy_steps: int = DEFAULT_STEPS
     """Steps of the `steps` budget: a run's default."""
@@ -56,7 +57,7 @@ class BenchSettings:
     """Accuracy runs per contender and budget (seeds `seed`, `seed` + 1, ...): mean, spread and a 95% interval."""
     budgets: tuple[str, ...] = BUDGETS
     """`steps`: every contender trains the default steps; `time`: the training time the slowest needed for them."""
-    lr: float = 0.01
+    lr: float = RECIPES["lamp"].lr
     """AdamW learning rate for every method in the accuracy runs (our measured default)."""
     serving_prompts: int = 4
     """K prompts answering the same queries in the serving section: by turns LAMP (l, r, default p) and prompt

@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 from core.cli import add_spec_arguments, spec_from_args
+from jobs.models import DEFAULT_MAX_ATTEMPTS
 
 
 def cmd_submit(a: argparse.Namespace) -> int:
@@ -101,8 +102,9 @@ def cmd_worker(a: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser("submit", help="queue a tuning job (same flags as `lamp train`); prints its id")
     add_spec_arguments(p)
-    p.add_argument("--max-attempts", type=int, default=3,
-                   help="give up (FAILED) after this many crashed attempts or dead workers (default 3)")
+    p.add_argument("--max-attempts", type=int, default=DEFAULT_MAX_ATTEMPTS,
+                   help=f"give up (FAILED) after this many crashed attempts or dead workers (default "
+                        f"{DEFAULT_MAX_ATTEMPTS})")
     p.add_argument("--json", action="store_true", help='print {"id": N}')
     p.set_defaults(handler=cmd_submit)
 

@@ -21,6 +21,10 @@ NAMING = {
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
+DEFAULT_MAX_ATTEMPTS = 3
+"""Attempts a job gets (crashes, dead workers) before it is FAILED, unless it is submitted with another number."""
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
@@ -74,7 +78,7 @@ class Job(Base):
     """How many times a worker started it."""
     failures: Mapped[int] = mapped_column(default=0)
     """Attempts that crashed or lost their worker; at max_attempts the job is FAILED."""
-    max_attempts: Mapped[int] = mapped_column(default=3)
+    max_attempts: Mapped[int] = mapped_column(default=DEFAULT_MAX_ATTEMPTS)
     worker: Mapped[str | None] = mapped_column(String(200))
     """host:pid:thread of the worker holding (or that last held) the lease."""
     lease_expires_at: Mapped[datetime | None]

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from jobs.errors import JobNotFound, StudyNotFound
 from jobs.models import (
+    DEFAULT_MAX_ATTEMPTS,
     Job,
     JobAttempt,
     MetricPoint,
@@ -42,7 +43,7 @@ class Point:
     value: float | None
 
 
-def create_job(*, session: Session, spec: dict[str, Any], max_attempts: int = 3) -> Job:
+def create_job(*, session: Session, spec: dict[str, Any], max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Job:
     job = Job(spec=spec, status=Status.QUEUED, max_attempts=max_attempts)
     session.add(job)
     session.flush()

@@ -11,23 +11,28 @@ from pathlib import Path
 from typing import Any
 
 from core.cli import add_spec_arguments, spec_from_args
+from core.spec import DEFAULT_METHOD, RunSpec, TrainConfig
+from jobs.studies.optuna_db import PRUNE_AFTER_TRIALS
+from jobs.studies.plan import StudyPlan
 
+_PLAN = StudyPlan(name="", base=RunSpec(), space={})
+"""A plan's own defaults: the flags below read them."""
 SWEPT = {"method": str, "length": int, "rank": int, "pool": int, "lr": float, "lr_scaling": str, "prompt_init": str,
          "seed": int}
 
 
 def plan_from_args(a: argparse.Namespace) -> Any:
     """The study plan of `lamp study start`: the run flags give the base run, the swept ones lists of values."""
-    from jobs.studies import StudyPlan, parse_list
+    from jobs.studies import parse_list
 
     space = {k: parse_list(getattr(a, k), kind, k) for k, kind in SWEPT.items()}
     single = argparse.Namespace(**vars(a))
     for knob, values in space.items():  # the base run takes each knob's first value
         setattr(single, knob, values[0] if values else None)
     if single.seed is None:
-        single.seed = 42
+        single.seed = TrainConfig.seed
     if single.method is None:
-        single.method = "lamp"
+        single.method = DEFAULT_METHOD
     base = spec_from_args(single)
     objectives = tuple(o.strip() for o in a.objectives.split(",") if o.strip())
     return StudyPlan(name=a.name, base=base, space={k: v for k, v in space.items() if v},
@@ -175,29 +180,31 @@ def register(sub: Any) -> None:
                         "by a multi-objective sampler; prints its id and job ids")
     add_spec_arguments(p)
     g = p.add_argument_group("the knobs to sweep (comma-separated lists; one value = fixed)")
-    g.add_argument("--method", default=None, help="e.g. lamp,prompt-tuning,dpt (default lamp)")
+    g.add_argument("--method", default=None, help=f"e.g. lamp,prompt-tuning,dpt (default {DEFAULT_METHOD})")
     g.add_argument("--length", default=None, help="soft prompt tokens, e.g. 20,100")
     g.add_argument("--rank", default=None, help="e.g. 4,8,16")
     g.add_argument("--pool", default=None, help="e.g. 1,4")
     g.add_argument("--lr", default=None, help="e.g. 0.003,0.01,0.03 (default: the method's measured default)")
     g.add_argument("--lr-scaling", default=None, help="absolute,relative (default: the method's recipe)")
     g.add_argument("--prompt-init", default=None, help="vocab,text (default: the method's recipe)")
-    g.add_argument("--seed", default=None, help="seeds to repeat each setting with, e.g. 1,2,3 (default 42)")
+    g.add_argument("--seed", default=None,
+                   help=f"seeds to repeat each setting with, e.g. 1,2,3 (default {TrainConfig.seed})")
     g = p.add_argument_group("the study")
     g.add_argument("--name", required=True, help="a name to find it by")
     g.add_argument("--trials", type=int, default=None,
                    help="a budget of N trials chosen by the sampler (default: the full grid)")
-    g.add_argument("--sampler", default="tpe", choices=["tpe", "nsga2", "random"],
+    g.add_argument("--sampler", default=_PLAN.sampler, choices=["tpe", "nsga2", "random"],
                    help="budget studies: multi-objective TPE (default), NSGA-II or random")
-    g.add_argument("--objectives", default="accuracy,params",
-                   help="accuracy, then the costs to minimise: params, time, memory (default accuracy,params)")
+    g.add_argument("--objectives", default=",".join(_PLAN.objectives),
+                   help="accuracy, then the costs to minimise: params, time, memory (default "
+                        f"{','.join(_PLAN.objectives)})")
     g.add_argument("--parallel", type=int, default=None,
                    help="trials queued at once (default: the whole grid; 2 for a budget)")
-    g.add_argument("--pruner", default="median", choices=["median", "none"],
+    g.add_argument("--pruner", default=_PLAN.pruner, choices=["median", "none"],
                    help="stop trials whose validation metric is below the median of earlier trials at the same "
-                        "step (default median; it waits for 3 finished trials)")
-    g.add_argument("--tolerance", type=float, default=0.01,
-                   help="recommend the cheapest setting within this of the best accuracy (default 0.01)")
+                        f"step (default {_PLAN.pruner}; it waits for {PRUNE_AFTER_TRIALS} finished trials)")
+    g.add_argument("--tolerance", type=float, default=_PLAN.tolerance,
+                   help=f"recommend the cheapest setting within this of the best accuracy (default {_PLAN.tolerance})")
     g.add_argument("--json", action="store_true", help='print {"study": ID, "jobs": [...]}')
     p.set_defaults(handler=cmd_start)
 

@@ -23,7 +23,7 @@ from core.spec import RunSpec, spec_to_dict, validate_spec
 from jobs import runner, store
 from jobs.db import read, transact, upgrade_database
 from jobs.hooks import WorkerHooks
-from jobs.models import Status
+from jobs.models import DEFAULT_MAX_ATTEMPTS, Status
 from jobs.queue import huey
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def enqueue(job_id: int) -> None:
     run_job(job_id)
 
 
-def submit(spec: RunSpec, *, max_attempts: int = 3) -> int:
+def submit(spec: RunSpec, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> int:
     """Validate the settings (validate_spec, as `lamp train` does), record the job, queue it; returns its id. A bad
     spec raises ConfigError and nothing is written or queued. What the run reads (its files, a warm start) was
     checked once where it was submitted: core.inputs.check_inputs (the CLI, the New job form, a study's creation)."""

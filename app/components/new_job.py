@@ -15,6 +15,7 @@ from app.settings import ServeSettings
 from app.uploads import accept_upload, guess_columns
 from core.errors import DataError, LampError, StorageError
 from core.methods import METHODS
+from core.spec import DEFAULT_LR, DEFAULT_METHOD
 from core.tasks import BUILTIN_TASKS
 
 INFO = {
@@ -32,7 +33,7 @@ INFO = {
     "pool": "p: LAMP averages blocks of p tokens; the model sees l/p",
     "steps": "optimizer steps",
     "batch_size": "examples per step (the paper: 16)",
-    "lr": "learning rate; empty = the measured default (0.01)",
+    "lr": f"learning rate; empty = the measured default ({DEFAULT_LR[DEFAULT_METHOD]})",
     "weight_decay": "AdamW weight decay (the paper: 1e-5)",
     "max_length": "longest input in tokens, prompt excluded (the paper: 256)",
     "eval_every": "steps between evaluations (also the checkpoint cadence, at most 25)",

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from core.errors import ConfigError, Problem
-from core.methods import method_config, method_to_dict
+from core.methods import LampConfig, method_config, method_to_dict
 from core.spec import RunSpec, validate_spec
 
 KNOBS = ("method", "length", "rank", "pool", "lr", "lr_scaling", "prompt_init", "seed")
@@ -20,6 +20,8 @@ COST_LABELS = {"params": "trainable parameters", "time": "training time (s)", "m
 SAMPLERS = ("tpe", "nsga2", "random")
 PRUNERS = ("median", "none")
 MAX_GRID = 512
+_RANK = LampConfig.rank
+"""The rank of a swept method when the base run's has none (prompt tuning)."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ def full_space(base: RunSpec, space: dict[str, list[Any]]) -> dict[str, list[Any
     if unknown:
         raise ConfigError(("space", f"cannot sweep {', '.join(unknown)}; the knobs are {', '.join(KNOBS)}"))
     m = method_to_dict(base.method)
-    fixed: dict[str, Any] = {"method": base.method.name, "length": m.get("length"), "rank": m.get("rank", 8),
+    fixed: dict[str, Any] = {"method": base.method.name, "length": m.get("length"), "rank": m.get("rank", _RANK),
                              "pool": m.get("pool", 1), "lr": base.train.lr, "lr_scaling": base.train.lr_scaling,
                              "prompt_init": base.train.prompt_init, "seed": base.train.seed}
     return {k: list(space[k]) if space.get(k) else [fixed[k]] for k in KNOBS}
