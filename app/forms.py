@@ -24,6 +24,7 @@ from core.spec import (
     validate_spec,
 )
 from core.tasks import BUILTIN_TASKS
+from core.tasks.reading import Limits
 from jobs.models import DEFAULT_MAX_ATTEMPTS
 
 OWN_DATA = "my own file"
@@ -33,7 +34,7 @@ SOURCES = ("built-in task", OWN_DATA)
 FIELDS = (
     "model", "dtype", "quantize", "source", "task", "data_file", "text_column", "template", "label_column", "kind",
     "method", "length", "rank", "pool", "steps", "batch_size", "lr", "weight_decay", "max_length", "eval_every",
-    "seed", "device", "max_attempts", "init_from", "data_dir",
+    "seed", "device", "max_attempts", "init_from", "data_dir", "strict",
 )
 _M, _D, _T, _LAMP = ModelConfig(), DataConfig(), TrainConfig(), LampConfig()
 """The settings' own defaults (core.spec, core.methods): the form starts from them, so each is written once."""
@@ -43,7 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "method": DEFAULT_METHOD, "length": _LAMP.length, "rank": _LAMP.rank, "pool": _LAMP.pool,
     "steps": DEFAULT_STEPS, "batch_size": _T.batch_size, "lr": "", "weight_decay": _T.weight_decay,
     "max_length": _T.max_length, "eval_every": _T.eval_every, "seed": _T.seed, "device": _T.device,
-    "max_attempts": DEFAULT_MAX_ATTEMPTS, "init_from": "",
+    "max_attempts": DEFAULT_MAX_ATTEMPTS, "init_from": "", "strict": _D.strict,
 }
 _RUN = {"steps": DEFAULT_STEPS, "batch_size": _T.batch_size}
 """What the baselines share with the measured default run."""
@@ -89,11 +90,11 @@ class FormError(LampError):
 FIELD_OF_SETTING = {
     "model": "model", "dtype": "dtype", "quantize": "quantize", "task": "task", "data_dir": "data_dir",
     "train_file": "data_file", "eval_file": "data_file", "text_column": "text_column", "template": "template",
-    "label_column": "label_column", "kind": "kind", "method": "method", "init": "method", "length": "length",
-    "rank": "rank", "pool": "pool", "steps": "steps", "epochs": "steps", "batch_size": "batch_size", "lr": "lr",
-    "weight_decay": "weight_decay", "max_length": "max_length", "eval_every": "eval_every",
-    "checkpoint_every": "eval_every", "seed": "seed", "device": "device", "init_from": "init_from",
-    "max_attempts": "max_attempts",
+    "label_column": "label_column", "kind": "kind", "strict": "strict", "method": "method", "init": "method",
+    "length": "length", "rank": "rank", "pool": "pool", "steps": "steps", "epochs": "steps",
+    "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay", "max_length": "max_length",
+    "eval_every": "eval_every", "checkpoint_every": "eval_every", "seed": "seed", "device": "device",
+    "init_from": "init_from", "max_attempts": "max_attempts",
 }
 """core's settings (the names its problems carry) -> the form field a person has to change."""
 
@@ -203,6 +204,7 @@ def _data_config(v: dict[str, Any], own: bool, access: Access, problems: dict[st
         task=None if own else (v["task"] or None), train_file=data_file, data_dir=data_dir,
         text_column=None if (template or not own) else (v["text_column"] or None), template=template if own else None,
         label_column=(v["label_column"] or None) if own else None, kind=v["kind"] if own else "auto",
+        strict=bool(v["strict"]) and own,
     )
     if own and not template and not data.text_column:
         problems["text_column"] = "pick the column that holds the input text (or write a template)"
@@ -261,6 +263,41 @@ def _init_from(value: Any, problems: dict[str, str]) -> str | None:
     except ConfigError as exc:
         problems["init_from"] = str(exc)
         return None
+
+
+def upload_note(values: dict[str, Any], access: Access | None = None) -> str:
+    """Markdown under the upload's preview, for the columns chosen now: how many rows the job will skip (an empty
+    input or label) and the first of them, or why it would refuse the file. One streaming pass per upload and
+    choice of columns (cached)."""
+    access = access or Access()
+    template = (values.get("template") or "").strip() or None
+    text, label = values.get("text_column") or None, values.get("label_column") or None
+    if values.get("source") != OWN_DATA or not values.get("data_file") or not (text or template) or not label:
+        return ""
+    return _upload_note(str(values["data_file"]), None if template else text, label, template,
+                        str(values.get("kind") or "auto"), bool(values.get("strict")), access.owner, access.limits)
+
+
+@lru_cache(maxsize=64)
+def _upload_note(upload: str, text: str | None, label: str, template: str | None, kind: str, strict: bool,
+                 owner: str, limits: Limits) -> str:
+    from app.uploads import resolve_upload
+    from core.tasks.files import check_user_files
+
+    try:
+        path = resolve_upload(upload, owner=owner)
+    except DataError as exc:
+        return f"**Upload again:** {exc}"
+    try:
+        found = check_user_files(str(path), text_column=text, label_column=label, template=template,
+                                 kind=kind, limits=limits, strict=strict)  # type: ignore[arg-type]
+    except (DataError, ConfigError) as exc:
+        return "**The job would refuse this file:** " + str(exc).replace(str(path), path.name)
+    if not found.skipped:
+        return f"Every one of the {found.rows:,} rows has an input and a label."
+    return " · ".join(f"**{s.count:,} of {s.rows:,} rows will be skipped** ({s.why}): {', '.join(s.first)}"
+                      f"{', ...' if s.count > len(s.first) else ''}; tick Strict to refuse the file instead"
+                      for s in found.skipped)
 
 
 def hidden_size_of(model: str) -> int | None:

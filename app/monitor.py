@@ -17,6 +17,7 @@ from plotly.subplots import make_subplots
 from app.settings import exports_dir
 from core.errors import ArtifactError, ConfigError
 from core.spec import spec_from_dict
+from core.tasks.base import report_notes
 from jobs import store
 from jobs.db import read
 from jobs.models import FINISHED, Job, MetricPoint, Result, Status
@@ -166,6 +167,7 @@ def job_details(job_id: int | None) -> Details:
     if found is not None:
         study, trial = found
         lines.append(f"Trial {trial.number} of [study #{study.id} {study.name}](?study={study.id})")
+    lines += [f"Data: {note}" for note in report_notes(job.data_report)]  # rows skipped, labels added
     resumed = [a for a in attempts if a.resumed_from]
     if resumed:
         lines.append("Resumed from checkpoints at step " + ", ".join(str(a.resumed_from) for a in resumed))

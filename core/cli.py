@@ -58,6 +58,11 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-test-examples", type=int, default=_D.max_test_examples)
     g.add_argument("--split-seed", type=int, default=_D.split_seed,
                    help=f"seed of the train/validation/test split (default {_D.split_seed})")
+    g.add_argument("--strict", action="store_true",
+                   help="refuse your file for one row with an empty input or label (default: skip and report them)")
+    g.add_argument("--eval-labels", default=_D.eval_labels, choices=["add", "drop"],
+                   help="labels only --eval has: add them to the label words (scored, never trained on) or drop "
+                        "those rows (default: refuse, naming them)")
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -97,7 +102,8 @@ def spec_from_args(a: argparse.Namespace) -> RunSpec:
         data=DataConfig(task=task, data_dir=a.data_dir, train_file=a.train_file, eval_file=a.eval_file,
                         text_column=a.text_column, template=a.template, label_column=a.label_column, kind=a.kind,
                         max_train_examples=a.max_train_examples, max_eval_examples=a.max_eval_examples,
-                        max_test_examples=a.max_test_examples, split_seed=a.split_seed),
+                        max_test_examples=a.max_test_examples, split_seed=a.split_seed, strict=a.strict,
+                        eval_labels=a.eval_labels),
         train=TrainConfig(steps=a.steps, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                           weight_decay=a.weight_decay, warmup_steps=a.warmup_steps, grad_clip=a.grad_clip,
                           max_length=a.max_length, eval_every=a.eval_every, checkpoint_every=a.checkpoint_every,
@@ -148,7 +154,8 @@ class ProgressPrinter:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in event.data.items() if isinstance(v, int | float))
             self._line(f"step {event.step} {'validation' if event.kind == 'eval' else 'test'}: {shown}")
         elif event.kind == "warning":
-            self._line(f"warning at step {event.step}: {event.data['message']}")
+            self._line(f"warning at step {event.step}: {event.data['message']}" if event.step else
+                       f"warning: {event.data['message']}")
         elif event.kind == "done" and self.bar is not None:
             self.bar.close()
 

@@ -36,4 +36,5 @@ def check_inputs(spec: RunSpec, *, read_within: Limits | None = None) -> FileChe
     if read_within is None or d.train_file is None:
         return None
     return check_user_files(d.train_file, d.eval_file, text_column=d.text_column, label_column=d.label_column,
-                            template=d.template, kind=d.kind, limits=read_within)
+                            template=d.template, kind=d.kind, limits=read_within, strict=d.strict,
+                            eval_labels=d.eval_labels)

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from core.errors import ConfigError, Problem
 from core.methods import LampConfig, MethodConfig, method_from_dict, method_to_dict
+from core.tasks.eval_labels import EvalLabels
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 Quantize = Literal["none", "4bit"]
@@ -50,6 +51,12 @@ class DataConfig:
     split_seed: int = 42
     """Seed of the train / validation / test split (built-in tasks, and the hold-out of a file without --eval).
     Fixed apart from the run's seed, so runs with different seeds are scored on the same test set."""
+    strict: bool = False
+    """A user's file: refuse it for one row with an empty input or label. False: such rows are skipped and
+    reported (how many, the first rows), unless they are more than a fifth of the file, which is refused."""
+    eval_labels: EvalLabels | None = None
+    """A label only the evaluation file has: `add` it to the label words (scored, never trained on) or `drop` those
+    rows (reported). None: the file is refused, naming each such label and this choice."""
 
 
 @dataclass(frozen=True)
@@ -201,6 +208,8 @@ def _data_problems(d: DataConfig) -> list[Problem]:
         out.append(("text_column", "data: give --text-column or --template, not both"))
     if d.kind not in ("auto", "classification", "generation"):
         out.append(("kind", f"kind={d.kind!r}: choose auto, classification or generation"))
+    if d.eval_labels not in (None, "add", "drop"):
+        out.append(("eval_labels", f"eval_labels={d.eval_labels!r}: choose add or drop"))
     for name in ("max_train_examples", "max_eval_examples", "max_test_examples"):
         value = getattr(d, name)
         if value is not None and value < 1:

@@ -8,7 +8,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,8 @@ class FitResult:
     scoring: dict[str, str]
     best_step: int
     resumed_from: int | None
+    data: dict[str, Any] = field(default_factory=dict)
+    """What was left out of or added to the user's data (TaskData.data_report: rows skipped, labels added)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,7 +60,8 @@ def load_task(data: DataConfig) -> TaskData:
     seed = data.split_seed
     if data.train_file is not None:
         return load_user_task(data.train_file, data.eval_file, text_column=data.text_column,
-                              label_column=data.label_column, template=data.template, kind=data.kind, seed=seed)
+                              label_column=data.label_column, template=data.template, kind=data.kind, seed=seed,
+                              strict=data.strict, eval_labels=data.eval_labels)
     assert data.task is not None  # validate_spec guarantees one of the two
     return load_builtin_task(data.task, data_dir=data.data_dir, seed=seed)
 
@@ -263,8 +266,10 @@ def fit(
         "hidden_size": backbone.hidden_size, "prompt_tokens": spec.method.prompt_tokens,
         "train_examples": len(encoded), "lr": spec.lr, "lr_scaling": spec.lr_scaling,
         "prompt_init": "warm start" if warm is not None else spec.prompt_init, "resumed_from": resumed_from,
-        **_norms(prompt(), vocab_norm),
+        "data": task.data_report(), **_norms(prompt(), vocab_norm),
     }))
+    for note in task.data_notes():  # rows skipped, labels added: said where the run's events are read
+        send(Event("warning", step, steps, {"message": note}))
     batches = length_bucketed_order(lengths, t.batch_size, random.Random(t.seed + epoch))
     norm_ok = True
     try:
@@ -326,7 +331,7 @@ def fit(
                   "hidden_size": backbone.hidden_size, "hub_id": _hub_id(backbone)},
         "task": {"name": task.name, "label_words": list(task.label_words) if task.label_words else None,
                  "template": task.template, "answer_cue": task.answer_cue, "metrics": list(task.metrics),
-                 "split_note": task.split_note},
+                 "split_note": task.split_note, "data": task.data_report()},
         "init_token_ids": init_ids,
         "init_from": origin,
         "trainable_params": n_params,
@@ -342,7 +347,7 @@ def fit(
         total_seconds=round(time.perf_counter() - started, 3),
         examples_per_second=round(seen / train_seconds, 3) if train_seconds else 0.0,
         peak_memory_mb=round(peak_memory_mb(device), 1), metrics=metrics, scoring=scoring, best_step=best_step,
-        resumed_from=resumed_from,
+        resumed_from=resumed_from, data=task.data_report(),
     )
     write_json_atomic(out / "result.json", result.to_json())
     emit(Event("done", step, steps, result.to_json()))

@@ -73,7 +73,7 @@ class MetricWriter:
 
     def __call__(self, event: Any) -> None:
         if event.kind == "start":
-            self._start(event.data.get("resumed_from"), event.total_steps)
+            self._start(event.data.get("resumed_from"), event.total_steps, event.data.get("data"))
             return
         new = event_points(event.kind, event.step, event.data)
         self.points += new
@@ -83,9 +83,10 @@ class MetricWriter:
         if urgent or len(self.points) >= FLUSH_POINTS or time.monotonic() - self.last_flush >= FLUSH_SECONDS:
             self.flush()
 
-    def _start(self, resumed_from: int | None, total_steps: int) -> None:
+    def _start(self, resumed_from: int | None, total_steps: int, data: dict[str, Any] | None) -> None:
+        report = data if data and any(data.values()) else None  # rows skipped, labels added: the job's details
         ok = transact(store.start_attempt, url=self.url, job_id=self.job_id, attempt=self.attempt,
-                      resumed_from=resumed_from, total_steps=total_steps)
+                      resumed_from=resumed_from, total_steps=total_steps, data_report=report)
         self.fenced = not ok
         if resumed_from:
             self.points = history_points(self.out_dir / "history.jsonl", resumed_from)

@@ -93,6 +93,9 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
     artifact: Mapped[str | None] = mapped_column(String(1000))
+    data_report: Mapped[dict[str, Any] | None]
+    """What training left out of or added to the user's data (rows skipped, labels added; core.tasks.TaskData
+    .data_report), written when an attempt starts; None before that, or when nothing was."""
 
     __table_args__ = (Index("ix_jobs_status_lease", "status", "lease_expires_at"),)
 

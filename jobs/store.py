@@ -138,9 +138,11 @@ def should_stop(*, session: Session, job_id: int, attempt: int) -> bool:
 
 
 def start_attempt(*, session: Session, job_id: int, attempt: int, resumed_from: int | None,
-                  total_steps: int) -> bool:
-    """Record where training (re)started; False if the job is no longer this attempt's."""
-    ok = session.execute(update(Job).where(_fence(job_id, attempt)).values(total_steps=total_steps)
+                  total_steps: int, data_report: dict[str, Any] | None = None) -> bool:
+    """Record where training (re)started and what it left out of the data; False if the job is no longer this
+    attempt's."""
+    ok = session.execute(update(Job).where(_fence(job_id, attempt))
+                         .values(total_steps=total_steps, data_report=data_report)
                          .returning(Job.id)).scalar_one_or_none()
     if ok is not None:
         _update_attempt(session, job_id, attempt, resumed_from=resumed_from, last_step=resumed_from or 0)
@@ -269,6 +271,7 @@ def job_summary(job: Job, result: Result | None = None) -> dict[str, Any]:
         "method": spec.get("method", {}).get("name"), "model": spec.get("model", {}).get("name"),
         "task": data.get("task") or data.get("train_file"), "worker": job.worker,
         "cancel_requested": job.cancel_requested, "error": job.error, "artifact": job.artifact,
+        "data_report": job.data_report,
     }
     for name in ("created_at", "started_at", "finished_at", "heartbeat_at"):
         value = getattr(job, name)

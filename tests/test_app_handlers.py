@@ -295,6 +295,25 @@ def test_a_failed_job_shows_its_error(store_env: Path, tiny_llama_dir: Path, sen
     assert row["Status"] == "FAILED" and "missing-model" in row["Result"]
 
 
+def test_a_job_on_a_file_with_a_stray_empty_cell_says_what_it_skipped(store_env: Path, tiny_llama_dir: Path,
+                                                                      sentiment_csv: Path, tmp_path: Path) -> None:
+    from jobs.queue import execute_next
+    from jobs.tasks import submit
+
+    lines = sentiment_csv.read_text().splitlines()
+    lines[7] = ",good"  # row 7: no review
+    messy = tmp_path / "messy.csv"
+    messy.write_text("\n".join(lines) + "\n")
+    job_id = submit(tiny_spec(tiny_llama_dir, messy))
+    assert execute_next()
+    job = read(store.get_job, job_id=job_id)
+    assert job is not None and job.status == Status.SUCCEEDED, job and job.error
+    assert job.data_report is not None and job.data_report["skipped"][0]["first"] == ["row 7"]
+    assert "Data: messy.csv: 1 of 48 rows skipped (an empty input or label): row 7" in \
+        monitor.job_details(job_id).markdown
+    assert store.job_summary(job)["data_report"] == job.data_report  # `lamp jobs --json`
+
+
 def test_compare_table_charts_and_csv(finished_jobs: list[int]) -> None:
     frame = compare.compare_frame([*finished_jobs, 999])
     assert list(frame["job"]) == finished_jobs and list(frame["method"]) == ["lamp", "prompt-tuning"]

@@ -53,6 +53,25 @@ def test_train_json_summary_and_files(trained: tuple[Path, dict[str, object]]) -
     assert snapshots == ["step-000002.safetensors", "step-000004.safetensors"]  # one per evaluation
 
 
+def test_train_skips_a_stray_empty_row_and_says_so_and_strict_refuses(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    rows = [{"review": f"{w} {i}", "verdict": v} for i in range(6)
+            for w, v in (("great film", "good"), ("awful film", "bad"), ("loved it", "good"), ("hated it", "bad"))]
+    rows[2]["review"] = "  "
+    data = tmp_path / "reviews.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    flags = ["--model", str(tiny_llama_dir), "--train", str(data), "--text-column", "review", "--label-column",
+             "verdict", "--length", "8", "--rank", "2", "--steps", "2", "--batch-size", "4", "--device", "cpu",
+             "--no-generate-eval"]
+    proc = lamp("train", *flags, "--out", str(tmp_path / "run"), "--json")
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["data"]["skipped"] == [{"file": "reviews.jsonl", "rows": 24, "count": 1, "first": ["row 3"],
+                                           "why": "an empty input or label"}]
+    assert "warning: reviews.jsonl: 1 of 24 rows skipped (an empty input or label): row 3" in proc.stderr
+    refused = lamp("train", *flags, "--out", str(tmp_path / "strict"), "--strict", check=False)
+    assert refused.returncode == 2 and "row 3: empty column 'review'" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 def test_predict_answers_with_label_scores(trained: tuple[Path, dict[str, object]]) -> None:
     out, _ = trained
     proc = lamp("predict", "--artifact", str(out), "--text", "great film", "--text", "hated it", "--json",

@@ -151,6 +151,34 @@ def test_empty_cells_name_row_and_column(tmp_path: Path) -> None:
     assert "row 3: empty label in column 'label'" in message
 
 
+def test_a_stray_empty_cell_is_skipped_and_reported(tmp_path: Path) -> None:
+    from core.tasks.files import check_user_files
+
+    rows = "".join(f"review number {i},{'pos' if i % 2 else 'neg'}\n" if i != 833 else ",pos\n" for i in range(1, 1201))
+    data = _csv(tmp_path / "messy.csv", "text,label\n" + rows)
+    task = load_user_task(data)
+    assert len(task.train) + len(task.validation) == 1199
+    assert [(s.file, s.rows, s.count, s.first) for s in task.skipped] == [("messy.csv", 1200, 1, ("row 833",))]
+    assert task.data_notes() == ["messy.csv: 1 of 1,200 rows skipped (an empty input or label): row 833"]
+    assert task.data_report()["skipped"][0]["first"] == ["row 833"]
+    assert check_user_files(data).skipped == task.skipped and check_user_files(data).rows == 1199
+    with pytest.raises(DataError) as info:  # strict: the one empty cell refuses the file, as before
+        load_user_task(data, strict=True)
+    assert "row 833: empty column 'text'" in str(info.value) and "strict" in str(info.value)
+    assert info.value.problems[0][0] == "text_column"
+
+
+def test_a_mostly_empty_file_is_still_refused(tmp_path: Path) -> None:
+    labels = ["pos", "neg", "", "pos", "neg", "", "pos", "neg", "pos", "neg"]  # 2 of 10: 20%, skipped
+    fine = _csv(tmp_path / "fine.csv", "text,label\n" + "".join(f"t{i},{v}\n" for i, v in enumerate(labels)))
+    assert load_user_task(fine).skipped[0].first == ("row 3", "row 6")
+    labels[8] = ""  # 3 of 10: more than 20%, refused, naming the file and its first rows
+    bad = _csv(tmp_path / "bad.csv", "text,label\n" + "".join(f"t{i},{v}\n" for i, v in enumerate(labels)))
+    message = _error(r"bad\.csv: 3 problem\(s\):\n  row 3: empty label in column 'label'\n  row 6: .*\n  row 9: "
+                     r".*3 of 10 rows have an empty input or label, more than 20%", bad)
+    assert "check the text and label columns" in message
+
+
 def test_many_problems_are_capped(tmp_path: Path) -> None:
     data = _csv(tmp_path / "d.csv", "text,label\n" + "x,\n" * 9)
     message = _error(r"9 problem\(s\).*row 5: empty label.*and 4 more", data)
@@ -168,12 +196,22 @@ def test_one_class_only(tmp_path: Path) -> None:
 
 def test_eval_label_unknown_to_training(tmp_path: Path) -> None:
     train = _csv(tmp_path / "train.csv", _reviews(10))
-    dev = _csv(tmp_path / "dev.csv", "text,label\na,pos\nb,meh\n")
-    _error(
-        r"dev\.csv: 1 problem.*row 2: label 'meh' in column 'label' is not one of the training labels \(neg, pos\)",
-        train,
-        dev,
-    )
+    dev = _csv(tmp_path / "dev.csv", "text,label\na,pos\nb,meh\nc,meh\nd,neg\n")
+    message = _error(r"dev\.csv: label\(s\) 'meh' \(2 rows: row 2, row 3\) in column 'label' are not among the "
+                     r"training labels \(neg, pos\): add them to the label words.*or drop those rows", train, dev)
+    assert "--eval-labels add" in message and "--eval-labels drop" in message
+    with pytest.raises(DataError) as info:
+        load_user_task(train, dev)
+    assert info.value.problems[0][0] == "eval_labels"
+    added = load_user_task(train, dev, eval_labels="add")  # scored, never trained on
+    assert added.label_words == ("neg", "pos", "meh") and added.added_labels == ("meh",)
+    assert [e.target for e in added.validation] == ["pos", "meh", "meh", "neg"]
+    assert {e.target for e in added.train} == {"neg", "pos"}
+    assert "'meh' only in the evaluation file: added to the label words" in added.data_notes()[0]
+    dropped = load_user_task(train, dev, eval_labels="drop")
+    assert dropped.label_words == ("neg", "pos") and [e.target for e in dropped.validation] == ["pos", "neg"]
+    assert dropped.data_notes() == ["dev.csv: 2 of 4 rows skipped (a label the training rows lack: 'meh'): row 2, "
+                                    "row 3"]
 
 
 def test_config_errors(tmp_path: Path) -> None:
@@ -245,7 +283,8 @@ def test_the_streaming_check_says_what_loading_would(tmp_path: Path) -> None:
     assert check_user_files(train, kind="generation").label_words is None
     assert check_user_files(train).rows == 10
     dev = _csv(tmp_path / "dev.csv", "text,label\na,pos\nb,meh\n")
-    with pytest.raises(DataError, match=r"row 2: label 'meh' in column 'label' is not one of the training labels"):
+    with pytest.raises(DataError, match=r"label\(s\) 'meh' \(1 row: row 2\) in column 'label' are not among"):
         check_user_files(train, dev, kind="classification")
+    assert check_user_files(train, dev, kind="classification", eval_labels="add").added_labels == ("meh",)
     with pytest.raises(DataError, match=r"no 'text' column"):
         check_user_files(_csv(tmp_path / "r.csv", "review,stars\ngood,5\n"))

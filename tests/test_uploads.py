@@ -76,3 +76,22 @@ def test_each_owner_keeps_a_quota_least_recently_used_first(store_env: Path, acc
     other = Access(owner="user:other")
     with pytest.raises(StorageError, match=r"the server's uploads take .* `lamp gc`"):
         accept_upload(_upload(store_env, "five.csv", _csv(14)), access=other, quota=Quota(10**6, 1))
+
+
+def test_the_preview_says_which_rows_the_job_will_skip_and_strict_refuses_them(store_env: Path, access: Access,
+                                                                              sentiment_csv: Path) -> None:
+    lines = sentiment_csv.read_text().splitlines()
+    lines[12] = '"a moving story 0",'  # row 12: no verdict
+    upload = accept_upload(_upload(store_env, "messy.csv", "\n".join(lines) + "\n"), access=access).id
+    form = _form(source=forms.OWN_DATA, data_file=upload, text_column="review", label_column="verdict")
+    note = forms.upload_note(form, access)
+    assert "**1 of 48 rows will be skipped** (an empty input or label): row 12" in note and "Strict" in note
+    spec, _ = forms.spec_from_form(form, access)
+    assert spec.data.strict is False
+    strict = {**form, "strict": True}
+    assert forms.upload_note(strict, access).startswith("**The job would refuse this file:** messy.csv: 1 problem")
+    with pytest.raises(forms.FormError) as info:
+        forms.spec_from_form(strict, access)
+    assert set(info.value.problems) == {"label_column"}
+    assert "row 12: empty label in column 'verdict'" in info.value.problems["label_column"]
+    assert "strict" in info.value.problems["label_column"] and str(store_env) not in info.value.problems["label_column"]

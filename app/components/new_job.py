@@ -27,6 +27,7 @@ INFO = {
     "template": "instead of a text column, e.g. `question: {question} passage: {passage}`",
     "label_column": "the answer: label words (classification) or free text (generation)",
     "kind": "auto: classification when the label column has few distinct values",
+    "strict": "refuse the file for one row with an empty input or label (off: such rows are skipped and reported)",
     "method": "LAMP (Lan et al. 2025), vanilla prompt tuning, or DPT",
     "length": "l: soft-prompt tokens before pooling",
     "rank": "r: rank kept from the SVD (LAMP) or of A·B (DPT)",
@@ -106,6 +107,7 @@ def build(settings: ServeSettings) -> NewJobTab:
             c["data_file"] = gr.Textbox(d["data_file"], visible=False, elem_id="field-data-file")
             preview = gr.Dataframe(label="First rows", visible=False, interactive=False, max_height=220,
                                    elem_id="preview")
+            data_note = gr.Markdown(elem_id="data-note")
             with gr.Row(visible=False) as columns_row:
                 c["text_column"] = gr.Dropdown([], label="Text column", info=INFO["text_column"],
                                                elem_id="field-text-column")
@@ -116,6 +118,7 @@ def build(settings: ServeSettings) -> NewJobTab:
                                            elem_id="field-template")
                 c["kind"] = gr.Radio(["auto", "classification", "generation"], value=d["kind"], label="Kind",
                                      info=INFO["kind"], elem_id="field-kind")
+                c["strict"] = gr.Checkbox(d["strict"], label="Strict", info=INFO["strict"], elem_id="field-strict")
     with gr.Accordion("Training", open=True), gr.Row():
         c["steps"] = gr.Number(d["steps"], label="Steps", precision=0, info=INFO["steps"], elem_id="field-steps")
         c["batch_size"] = gr.Number(d["batch_size"], label="Batch size", precision=0, info=INFO["batch_size"],
@@ -175,6 +178,14 @@ def build(settings: ServeSettings) -> NewJobTab:
     # The form keeps only the upload's id; two uploads are read at a time (each as a stream, within the limits).
     upload.upload(on_upload, upload, [c["data_file"], preview, c["text_column"], c["label_column"], upload_error,
                                       upload], api_name="upload", concurrency_limit=2)
+
+    def on_note(request: gr.Request, *values: Any) -> str:
+        return forms.upload_note(dict(zip(note_fields, values, strict=True)), access_for(settings, request))
+
+    # What the job will skip (rows with an empty input or label), for the file and the columns chosen now.
+    note_fields = ("source", "data_file", "text_column", "label_column", "template", "kind", "strict")
+    gr.on([c[n].change for n in note_fields], on_note, [c[n] for n in note_fields], data_note,
+          show_progress="hidden", trigger_mode="always_last", concurrency_limit=2)
 
     def on_knobs(model: str, method: str, length: Any, rank: Any, pool: Any) -> list[Any]:
         return [forms.param_summary(model, method, length, rank, pool, settings.allowed_dirs),

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,26 @@ class Example:
 
 
 @dataclass(frozen=True)
+class Skipped:
+    """Rows of a user's file left out of the task, and why: reported wherever the run is (the CLI, the job's
+    details, `lamp train --json`), never silent."""
+
+    file: str
+    """The file's name."""
+    rows: int
+    """Data rows in the file."""
+    count: int
+    first: tuple[str, ...]
+    """Where the first few are, as a person finds them ("row 833")."""
+    why: str = "an empty input or label"
+
+    def text(self) -> str:
+        more = ", ..." if self.count > len(self.first) else ""
+        return (f"{self.file}: {self.count:,} of {self.rows:,} rows skipped ({self.why}): "
+                f"{', '.join(self.first)}{more}")
+
+
+@dataclass(frozen=True)
 class TaskData:
     """A task's splits and how to score it."""
 
@@ -43,3 +64,28 @@ class TaskData:
     split_note: str = ""
     """How the splits were made (seed, sizes), recorded with the run."""
     extra: dict[str, str] = field(default_factory=dict)
+    skipped: tuple[Skipped, ...] = ()
+    """Rows of a user's files left out (an empty input or label; an evaluation label dropped on request)."""
+    added_labels: tuple[str, ...] = ()
+    """Label words only the evaluation file has, added on request: scored, never trained on."""
+
+    def data_notes(self) -> list[str]:
+        """What was done to the user's data, one line each (empty for clean data)."""
+        return report_notes(self.data_report())
+
+    def data_report(self) -> dict[str, Any]:
+        """The same as JSON: {"skipped": [{file, rows, count, first, why}, ...], "added_labels": [...]}."""
+        return {"skipped": [{**asdict(s), "first": list(s.first)} for s in self.skipped],
+                "added_labels": list(self.added_labels)}
+
+
+def report_notes(report: dict[str, Any] | None) -> list[str]:
+    """The lines of a `TaskData.data_report()` (as a job stores it): each file's skipped rows, the labels added."""
+    if not report:
+        return []
+    notes = [Skipped(**{**s, "first": tuple(s["first"])}).text() for s in report.get("skipped", [])]
+    added = report.get("added_labels") or []
+    if added:
+        notes.append(f"label(s) {', '.join(map(repr, added))} only in the evaluation file: added to the label words "
+                     "(scored, never trained on)")
+    return notes

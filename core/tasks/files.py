@@ -4,6 +4,12 @@ Every cell is read as text. The input is one column (`text_column`, default `tex
 columns (`template`, e.g. "question: {question} context: {context}"); the answer is the label column (default
 `label`). Problems name the file, the row (1-based, counting data rows as a person does: the first row under a CSV
 header is row 1) and the column; row-level problems are collected and reported together.
+
+Real files have a stray empty cell. A row whose input or label is empty is skipped and reported (how many, the
+first rows: TaskData.skipped), unless `strict`, which refuses the file instead; a file with more than
+MAX_SKIPPED_SHARE of its rows empty is refused either way (its columns are likely the wrong ones). A label that only
+the evaluation file has is refused by name with the choice (`eval_labels`): add it to the label words (scored, never
+trained on) or drop those rows.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ from pathlib import Path
 from typing import Literal
 
 from core.errors import ConfigError, DataError
-from core.tasks.base import Example, TaskData
-from core.tasks.reading import FORMATS, Limits, Problems, Reader
+from core.tasks.base import Example, Skipped, TaskData
+from core.tasks.eval_labels import EvalLabels, UnseenLabels
+from core.tasks.eval_labels import settle as settle_unseen
+from core.tasks.reading import FORMATS, MAX_PROBLEMS, Limits, Problems, Reader
 
 __all__ = ["FORMATS", "MAX_CLASSES", "MAX_LABELS", "Columns", "FileCheck", "Limits", "Table", "check_user_files",
            "load_user_task", "read_table"]
@@ -27,6 +35,9 @@ MAX_CLASSES = 20
 MAX_LABELS = 100
 """kind="classification" scores every label word for every example: more labels than this is refused."""
 VALIDATION_SHARE, MAX_VALIDATION = 0.1, 1_000
+MAX_SKIPPED_SHARE = 0.2
+"""A file with more of its rows than this empty (input or label) is refused, not skipped."""
+Kind = Literal["auto", "classification", "generation"]
 
 
 @dataclass(frozen=True)
@@ -106,29 +117,41 @@ class Columns:
 
 
 class _Pass:
-    """One pass over a file's rows: each row's (where, input, answer) when `keep`, the row problems, and the
-    distinct answers (counted up to MAX_LABELS + 1)."""
+    """One pass over a file's rows: each kept row's (where, input, answer) when `keep`, the rows with an empty input
+    or label (skipped; with `strict` refused), and the distinct answers (counted up to MAX_LABELS + 1). Errors name
+    `role`, the file's setting, unless they name a column."""
 
-    def __init__(self, file: str, columns: Columns, limits: Limits, keep: bool) -> None:
+    def __init__(self, file: str, columns: Columns, limits: Limits, keep: bool, role: str = "train_file",
+                 strict: bool = False) -> None:
         self.reader = Reader(file, limits)
         self.path = self.reader.path
-        self.columns, self.keep = columns, keep
+        self.columns, self.keep, self.role, self.strict = columns, keep, role, strict
         self.render = _renderer(columns.template, columns.inputs)
-        self.problems = Problems(self.path)
+        self.empty = Problems(self.path)
+        self.empty_of: set[str] = set()
+        """The settings the empty cells are about (the text column or template, the label column)."""
+        self.skipped: list[str] = []
+        """Where the first skipped rows are."""
+        self.skips = 0
         self.pairs: list[tuple[str, str, str]] = []
         self.labels: set[str] = set()
         self.rows = 0
+        """Rows kept."""
 
     def run(self, check: Callable[[str, str], None] | None = None) -> _Pass:
+        try:
+            self._read(check)
+        except DataError as exc:
+            raise exc.about(self.role) from None
+        return self
+
+    def _read(self, check: Callable[[str, str], None] | None) -> None:
         inputs, label = self.columns.inputs, self.columns.label
         for where, row in self.reader:
             values = {c: row.get(c, "") for c in inputs}
-            if all(not v.strip() for v in values.values()):
-                kind = "column" if len(inputs) == 1 else "columns (all)"
-                self.problems.add(f"{where}: empty {kind} {', '.join(map(repr, inputs))}")
             target = row.get(label, "").strip()
-            if not target:
-                self.problems.add(f"{where}: empty label in column {label!r}")
+            if self._empty(where, values, target):
+                continue
             source = self.render(values)
             if check is not None:
                 check(where, target)
@@ -138,8 +161,42 @@ class _Pass:
                 self.labels.add(target)
             self.rows += 1
         self._check_columns(tuple(self.reader.columns))
-        self.problems.raise_if_any()
-        return self
+        self._settle_empty()
+
+    def _empty(self, where: str, values: dict[str, str], target: str) -> bool:
+        """Record the row's empty input and label; True if it has either (the row is skipped)."""
+        before = self.empty.count
+        if all(not v.strip() for v in values.values()):
+            kind = "column" if len(values) == 1 else "columns (all)"
+            self.empty.add(f"{where}: empty {kind} {', '.join(map(repr, values))}")
+            self.empty_of.add("template" if self.columns.template else "text_column")
+        if not target:
+            self.empty.add(f"{where}: empty label in column {self.columns.label!r}")
+            self.empty_of.add("label_column")
+        if self.empty.count == before:
+            return False
+        self.skips += 1
+        if len(self.skipped) < MAX_PROBLEMS:
+            self.skipped.append(where)
+        return True
+
+    def _settle_empty(self) -> None:
+        """Rows with an empty input or label stay skipped, unless `strict` or there are too many: then the file is
+        refused, naming it and the first such rows."""
+        total = self.rows + self.skips
+        if not self.skips or (not self.strict and self.skips <= MAX_SKIPPED_SHARE * total):
+            return
+        why = ("strict: a row with an empty input or label refuses the file; without strict it is skipped and "
+               "reported" if self.strict else
+               f"{self.skips:,} of {total:,} rows have an empty input or label, more than {MAX_SKIPPED_SHARE:.0%}: "
+               "check the text and label columns, or fix the file")
+        setting = next(iter(self.empty_of)) if len(self.empty_of) == 1 else self.role
+        raise DataError((setting, f"{self.empty.message()}\n  ({why})"))
+
+    def skipped_report(self) -> Skipped | None:
+        if not self.skips:
+            return None
+        return Skipped(self.path.name, self.rows + self.skips, self.skips, tuple(self.skipped))
 
     def _check_columns(self, found: tuple[str, ...]) -> None:
         c = self.columns
@@ -175,40 +232,60 @@ def _label_words(kind: str, train: _Pass) -> tuple[str, ...] | None:
     return _sorted_labels(train.labels)
 
 
-def _known_label(problems: Problems, words: tuple[str, ...], label: str) -> Callable[[str, str], None]:
-    def check(where: str, target: str) -> None:
-        if target and target not in words:
-            problems.add(f"{where}: label {target!r} in column {label!r} is not one of the training labels "
-                         f"({', '.join(words)})")
-
-    return check
-
-
 @dataclass(frozen=True)
 class FileCheck:
     """What `check_user_files` found, without keeping the rows."""
 
     rows: int
+    """Training rows kept."""
     eval_rows: int | None
     label_words: tuple[str, ...] | None
+    skipped: tuple[Skipped, ...] = ()
+    added_labels: tuple[str, ...] = ()
+
+
+@dataclass
+class _Read:
+    """Both files read: the passes, the label words (None: generation) and what was left out or added."""
+
+    train: _Pass
+    held: _Pass | None
+    words: tuple[str, ...] | None
+    skipped: tuple[Skipped, ...]
+    added: tuple[str, ...]
+
+
+def _read(train_file: str, eval_file: str | None, columns: Columns, kind: str, limits: Limits, *, keep: bool,
+          strict: bool, eval_labels: str | None) -> _Read:
+    train = _Pass(train_file, columns, limits, keep, "train_file", strict).run()
+    words = _label_words(kind, train)
+    if not eval_file:
+        return _Read(train, None, words, tuple(s for s in [train.skipped_report()] if s), ())
+    held = _Pass(eval_file, columns, limits, keep, "eval_file", strict)
+    unseen = UnseenLabels(words) if words else None
+    held.run(unseen)
+    reports = [train.skipped_report(), held.skipped_report()]
+    added: tuple[str, ...] = ()
+    if unseen is not None and words is not None:
+        given, dropped = settle_unseen(unseen, words, eval_labels, path=held.path, label=columns.label,
+                                       rows=held.rows)
+        if dropped is not None:  # the rows of labels training never saw, left out as asked
+            held.pairs = [p for p in held.pairs if p[2] not in unseen.counts]
+            held.rows -= dropped.count
+            reports.append(dropped)
+        added, words = given[len(words):], given
+    return _Read(train, held, words, tuple(r for r in reports if r is not None), added)
 
 
 def check_user_files(
     train_file: str, eval_file: str | None = None, *, text_column: str | None = None,
-    label_column: str | None = None, template: str | None = None,
-    kind: Literal["auto", "classification", "generation"] = "auto", limits: Limits | None = None,
+    label_column: str | None = None, template: str | None = None, kind: Kind = "auto",
+    limits: Limits | None = None, strict: bool = False, eval_labels: EvalLabels | None = None,
 ) -> FileCheck:
     """Every check `load_user_task` makes, in one streaming pass per file (memory does not grow with the file)."""
-    columns = Columns.of(text_column, label_column, template, kind)
-    limits = limits or Limits()
-    train = _Pass(train_file, columns, limits, keep=False).run()
-    words = _label_words(kind, train)
-    evaluated = None
-    if eval_file:
-        held = _Pass(eval_file, columns, limits, keep=False)
-        held.run(_known_label(held.problems, words, columns.label) if words else None)
-        evaluated = held.rows
-    return FileCheck(train.rows, evaluated, words)
+    read = _read(train_file, eval_file, Columns.of(text_column, label_column, template, kind), kind,
+                 limits or Limits(), keep=False, strict=strict, eval_labels=eval_labels)
+    return FileCheck(read.train.rows, read.held.rows if read.held else None, read.words, read.skipped, read.added)
 
 
 def _examples(pairs: list[tuple[str, str, str]], words: tuple[str, ...] | None) -> list[Example]:
@@ -224,11 +301,13 @@ def load_user_task(
     text_column: str | None = None,
     label_column: str | None = None,
     template: str | None = None,
-    kind: Literal["auto", "classification", "generation"] = "auto",
+    kind: Kind = "auto",
     seed: int = 42,
     max_bytes: int = 200 * 2**20,
     name: str | None = None,
     limits: Limits | None = None,
+    strict: bool = False,
+    eval_labels: EvalLabels | None = None,
 ) -> TaskData:
     """Turn a user's file(s) into a task.
 
@@ -238,17 +317,17 @@ def load_user_task(
     metric exact_match. The label column may not be part of the input.
     Without `eval_file`, 10% of the training rows (at least 1, at most 1,000; shuffled with random.Random(seed)) are
     held out as validation, and the test set is that same validation set. With `eval_file`, validation = test = it.
-    Files are read within `limits` (default: Limits(max_bytes=max_bytes)).
+    Files are read within `limits` (default: Limits(max_bytes=max_bytes)). Rows with an empty input or label are
+    skipped and reported (`strict`: refused); an evaluation label the training rows lack is refused unless
+    `eval_labels` says what to do (module docstring).
     """
     columns = Columns.of(text_column, label_column, template, kind)
-    limits = limits or Limits(max_bytes=max_bytes)
-    train_pass = _Pass(train_file, columns, limits, keep=True).run()
-    words = _label_words(kind, train_pass)
-    train = _examples(train_pass.pairs, words)
-    if eval_file:
-        held = _Pass(eval_file, columns, limits, keep=True)
-        held.run(_known_label(held.problems, words, columns.label) if words else None)
-        validation = _examples(held.pairs, words)
+    read = _read(train_file, eval_file, columns, kind, limits or Limits(max_bytes=max_bytes), keep=True,
+                 strict=strict, eval_labels=eval_labels)
+    words = read.words
+    train = _examples(read.train.pairs, words)
+    if read.held is not None:
+        validation = _examples(read.held.pairs, words)
         note = f"train = {train_file} ({len(train)} rows); validation = test = {eval_file} ({len(validation)} rows)"
     else:
         train, validation, note = _hold_out(train, seed, train_file)
@@ -267,6 +346,8 @@ def load_user_task(
             "label_column": columns.label,
             "kind": "classification" if words is not None else "generation",
         },
+        skipped=read.skipped,
+        added_labels=read.added,
     )
 
 

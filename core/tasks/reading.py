@@ -53,11 +53,13 @@ class Problems:
         if len(self.items) < MAX_PROBLEMS:
             self.items.append(message)
 
-    def raise_if_any(self) -> None:
-        if not self.count:
-            return
+    def message(self) -> str:
         more = f"\n  ... and {self.count - len(self.items)} more" if self.count > len(self.items) else ""
-        raise DataError(f"{self.path}: {self.count} problem(s):\n  " + "\n  ".join(self.items) + more)
+        return f"{self.path}: {self.count} problem(s):\n  " + "\n  ".join(self.items) + more
+
+    def raise_if_any(self) -> None:
+        if self.count:
+            raise DataError((None, self.message()))
 
 
 def cell(value: Any) -> str:
