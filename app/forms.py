@@ -24,7 +24,6 @@ from core.spec import (
     validate_spec,
 )
 from core.tasks import BUILTIN_TASKS
-from core.tasks.reading import Limits
 from jobs.models import DEFAULT_MAX_ATTEMPTS
 
 OWN_DATA = "my own file"
@@ -267,37 +266,16 @@ def _init_from(value: Any, problems: dict[str, str]) -> str | None:
 
 def upload_note(values: dict[str, Any], access: Access | None = None) -> str:
     """Markdown under the upload's preview, for the columns chosen now: how many rows the job will skip (an empty
-    input or label) and the first of them, or why it would refuse the file. One streaming pass per upload and
-    choice of columns (cached)."""
+    input or label) and the first of them, or why it would refuse the file (app.uploads.skip_note)."""
     access = access or Access()
     template = (values.get("template") or "").strip() or None
     text, label = values.get("text_column") or None, values.get("label_column") or None
     if values.get("source") != OWN_DATA or not values.get("data_file") or not (text or template) or not label:
         return ""
-    return _upload_note(str(values["data_file"]), None if template else text, label, template,
-                        str(values.get("kind") or "auto"), bool(values.get("strict")), access.owner, access.limits)
+    from app.uploads import skip_note
 
-
-@lru_cache(maxsize=64)
-def _upload_note(upload: str, text: str | None, label: str, template: str | None, kind: str, strict: bool,
-                 owner: str, limits: Limits) -> str:
-    from app.uploads import resolve_upload
-    from core.tasks.files import check_user_files
-
-    try:
-        path = resolve_upload(upload, owner=owner)
-    except DataError as exc:
-        return f"**Upload again:** {exc}"
-    try:
-        found = check_user_files(str(path), text_column=text, label_column=label, template=template,
-                                 kind=kind, limits=limits, strict=strict)  # type: ignore[arg-type]
-    except (DataError, ConfigError) as exc:
-        return "**The job would refuse this file:** " + str(exc).replace(str(path), path.name)
-    if not found.skipped:
-        return f"Every one of the {found.rows:,} rows has an input and a label."
-    return " · ".join(f"**{s.count:,} of {s.rows:,} rows will be skipped** ({s.why}): {', '.join(s.first)}"
-                      f"{', ...' if s.count > len(s.first) else ''}; tick Strict to refuse the file instead"
-                      for s in found.skipped)
+    return skip_note(str(values["data_file"]), None if template else text, label, template,
+                     str(values.get("kind") or "auto"), bool(values.get("strict")), access.owner, access.limits)
 
 
 def hidden_size_of(model: str) -> int | None:

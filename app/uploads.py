@@ -15,15 +15,16 @@ import hashlib
 import re
 import shutil
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
 
 from app.access import Access
 from app.settings import Quota, gradio_temp_dir, uploads_dir
-from core.errors import DataError, StorageError, storage_error
-from core.tasks.files import MAX_CLASSES
-from core.tasks.reading import FORMATS, Reader
+from core.errors import ConfigError, DataError, StorageError, storage_error
+from core.tasks.files import MAX_CLASSES, check_user_files
+from core.tasks.reading import FORMATS, Limits, Reader
 from jobs import uploads as upload_store
 from jobs.db import read, transact
 
@@ -184,3 +185,24 @@ def guess_columns(columns: list[str], sample: list[dict[str, str]]) -> tuple[str
     others = [c for c in columns if c != label] or list(columns)
     text = max(others, key=lambda c: length[c])
     return text, label
+
+
+@lru_cache(maxsize=64)
+def skip_note(upload_id: str, text_column: str | None, label_column: str, template: str | None, kind: str,
+              strict: bool, owner: str, limits: Limits) -> str:
+    """Markdown: the rows of an owner's upload the job will skip (an empty input or label) for these columns, or
+    why it would refuse the file. One streaming pass, as the job will read it, per upload and columns (cached)."""
+    try:
+        path = resolve_upload(upload_id, owner=owner)
+    except DataError as exc:
+        return f"**Upload again:** {exc}"
+    try:
+        found = check_user_files(str(path), text_column=text_column, label_column=label_column, template=template,
+                                 kind=kind, limits=limits, strict=strict)  # type: ignore[arg-type]
+    except (DataError, ConfigError) as exc:
+        return "**The job would refuse this file:** " + str(exc).replace(str(path), path.name)
+    if not found.skipped:
+        return f"Every one of the {found.rows:,} rows has an input and a label."
+    return " · ".join(f"**{s.count:,} of {s.rows:,} rows will be skipped** ({s.why}): {', '.join(s.first)}"
+                      f"{', ...' if s.count > len(s.first) else ''}; tick Strict to refuse the file instead"
+                      for s in found.skipped)
