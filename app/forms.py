@@ -24,7 +24,7 @@ from core.spec import (
     validate_spec,
 )
 from core.tasks import BUILTIN_TASKS
-from jobs.models import DEFAULT_MAX_ATTEMPTS
+from jobs import DEFAULT_MAX_ATTEMPTS
 
 OWN_DATA = "my own file"
 SOURCES = ("built-in task", OWN_DATA)

@@ -60,7 +60,7 @@ def _background(settings: ServeSettings) -> Callable[[], None]:
     stop = threading.Event()
     threading.Thread(target=sweep_forever, args=(stop, settings.retention_days), name="lamp-retention",
                      daemon=True).start()
-    from jobs.studies import worker_hooks
+    from jobs.studies.conduct import worker_hooks
 
     if settings.worker:
         from jobs.tasks import start_embedded_worker

@@ -14,7 +14,7 @@ from core.errors import ConfigError
 from core.spec import DEFAULT_STEPS, DataConfig, RunSpec
 from jobs.db import read
 from jobs.store import list_studies
-from jobs.studies import COSTS, StudyPlan, StudyView, check_plan, describe, parse_list
+from jobs.studies.plan import COSTS, StudyPlan, check_plan, describe, parse_list
 from jobs.studies.report import (
     DEFAULT_LINK_BASE,
     SETTINGS_COLUMNS,
@@ -23,6 +23,7 @@ from jobs.studies.report import (
     settings_frame,
     trials_frame,
 )
+from jobs.studies.views import StudyView
 
 __all__ = ["SETTINGS_COLUMNS", "pareto_figure", "pareto_figures", "settings_frame", "trials_frame"]
 
@@ -115,7 +116,7 @@ def plan_from_form(values: dict[str, Any], access: Access | None = None) -> Stud
 
 def plan_text(plan: StudyPlan) -> str:
     """What launching this plan will do, shown as the form changes."""
-    from jobs.studies import distinct_settings
+    from jobs.studies.plan import distinct_settings
 
     settings, dropped = distinct_settings(plan.base, plan.space)
     skipped = math.prod(len(v) for v in plan.space.values()) - len(settings)
@@ -128,7 +129,7 @@ def plan_text(plan: StudyPlan) -> str:
 
 
 def launch(plan: StudyPlan) -> int:
-    from jobs.studies import create_study
+    from jobs.studies.conduct import create_study
 
     return create_study(plan)
 

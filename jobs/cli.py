@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from core.cli import add_spec_arguments, spec_from_args
-from jobs.models import DEFAULT_MAX_ATTEMPTS
+from jobs import DEFAULT_MAX_ATTEMPTS
 
 
 def cmd_submit(a: argparse.Namespace) -> int:
@@ -91,7 +91,7 @@ def cmd_worker(a: argparse.Namespace) -> int:
         raise ConfigError(f"--workers {a.workers}: must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    from jobs.studies import worker_hooks
+    from jobs.studies.conduct import worker_hooks
     from jobs.tasks import run_worker
 
     run_worker(workers=a.workers, device=a.device, threads=a.threads, lease_seconds=a.lease_seconds,

@@ -9,6 +9,8 @@ from typing import Any, ClassVar
 from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from jobs import DEFAULT_MAX_ATTEMPTS
+
 # Named constraints, so that Alembic (and batch mode on SQLite) can find them again.
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -19,10 +21,6 @@ NAMING = {
 }
 # SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit id for the one big table.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
-
-
-DEFAULT_MAX_ATTEMPTS = 3
-"""Attempts a job gets (crashes, dead workers) before it is FAILED, unless it is submitted with another number."""
 
 
 def utcnow() -> datetime:

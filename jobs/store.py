@@ -17,9 +17,9 @@ from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from jobs import DEFAULT_MAX_ATTEMPTS
 from jobs.errors import JobNotFound, StudyNotFound
 from jobs.models import (
-    DEFAULT_MAX_ATTEMPTS,
     Job,
     JobAttempt,
     MetricPoint,

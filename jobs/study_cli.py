@@ -23,7 +23,7 @@ SWEPT = {"method": str, "length": int, "rank": int, "pool": int, "lr": float, "l
 
 def plan_from_args(a: argparse.Namespace) -> Any:
     """The study plan of `lamp study start`: the run flags give the base run, the swept ones lists of values."""
-    from jobs.studies import parse_list
+    from jobs.studies.plan import parse_list
 
     space = {k: parse_list(getattr(a, k), kind, k) for k, kind in SWEPT.items()}
     single = argparse.Namespace(**vars(a))
@@ -43,7 +43,7 @@ def plan_from_args(a: argparse.Namespace) -> Any:
 def cmd_start(a: argparse.Namespace) -> int:
     from jobs.db import read, upgrade_database
     from jobs.store import study_jobs
-    from jobs.studies import create_study
+    from jobs.studies.conduct import create_study
 
     plan = plan_from_args(a)
     upgrade_database()
@@ -74,7 +74,7 @@ def cmd_list(a: argparse.Namespace) -> int:
 
 
 def _trial_line(t: Any) -> str:
-    from jobs.studies import describe
+    from jobs.studies.plan import describe
 
     acc = f"{t.accuracy:.4f}" if t.accuracy is not None else "-"
     cost = f"{t.params:,} params, {t.time:.1f} s, {t.memory:,.0f} MiB" if t.params is not None else ""
@@ -84,7 +84,7 @@ def _trial_line(t: Any) -> str:
 
 
 def _print_view(view: Any) -> None:
-    from jobs.studies import describe
+    from jobs.studies.plan import describe
 
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(view.counts().items()))
     print(f"study {view.id} '{view.name}': {view.status} ({view.mode}, objectives {', '.join(view.objectives)}, "
@@ -123,7 +123,7 @@ def view_json(view: Any) -> dict[str, Any]:
 
 def cmd_show(a: argparse.Namespace) -> int:
     from jobs.db import upgrade_database
-    from jobs.studies import study_view
+    from jobs.studies.views import study_view
 
     upgrade_database()
     last = ""
@@ -154,7 +154,7 @@ def cmd_show(a: argparse.Namespace) -> int:
 
 def cmd_cancel(a: argparse.Namespace) -> int:
     from jobs.db import upgrade_database
-    from jobs.studies import cancel_study
+    from jobs.studies.conduct import cancel_study
 
     upgrade_database()
     n = cancel_study(a.id)
@@ -164,7 +164,7 @@ def cmd_cancel(a: argparse.Namespace) -> int:
 
 def cmd_relaunch(a: argparse.Namespace) -> int:
     from jobs.db import upgrade_database
-    from jobs.studies import relaunch
+    from jobs.studies.conduct import relaunch
 
     upgrade_database()
     job_id = relaunch(a.id, steps=a.steps)

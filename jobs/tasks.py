@@ -20,10 +20,10 @@ from huey.consumer import Consumer
 
 from core.errors import ConfigError, StorageError
 from core.spec import RunSpec, spec_to_dict, validate_spec
-from jobs import runner, store
+from jobs import DEFAULT_MAX_ATTEMPTS, runner, store
 from jobs.db import read, transact, upgrade_database
 from jobs.hooks import WorkerHooks
-from jobs.models import DEFAULT_MAX_ATTEMPTS, Status
+from jobs.models import Status
 from jobs.queue import huey
 
 log = logging.getLogger(__name__)

@@ -195,6 +195,7 @@ def test_upload_launch_and_watch_a_job_succeed_with_its_curve(page: Any, server:
     page.locator("#preview").get_by_text("wonderful acting 0").filter(visible=True).first.wait_for()
     assert "review" in page.locator("#field-text-column input").input_value()
     assert "verdict" in page.locator("#field-label-column input").input_value()
+    page.locator("#data-note").get_by_text("Every one of the 48 rows has an input and a label").wait_for()
     params = page.locator("#param-count")
     set_field(page, "length", 8)
     set_field(page, "rank", 4)

@@ -26,7 +26,7 @@ def test_the_new_job_form_starts_at_the_default_run() -> None:
 
 def test_the_study_cli_and_tab_share_the_plans_defaults() -> None:
     from app.study import STUDY_DEFAULTS
-    from jobs.studies import StudyPlan
+    from jobs.studies.plan import StudyPlan
     from lamp.cli import build_parser
 
     plan = StudyPlan(name="", base=RunSpec(), space={})

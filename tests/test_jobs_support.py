@@ -61,14 +61,16 @@ def worker_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str) 
     (SQLite store and queue) or the scaled-out pair (PostgreSQL store, Redis queue); yields the store's URL. A
     study's Optuna database (beside the store) goes with it. The in-process worker has the hooks `lamp worker`
     starts with (a study's pruner, its advance at each job's end)."""
-    from jobs import runner, studies
+    from jobs import runner
     from jobs.db import dispose_engines, upgrade_database
     from jobs.queue import huey, use_queue
+    from jobs.studies import optuna_db
+    from jobs.studies.conduct import worker_hooks
 
     monkeypatch.setenv("LAMP_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
     monkeypatch.delenv("LAMP_STUDY_DATABASE_URL", raising=False)
     monkeypatch.setattr(runner, "settings", runner.WorkerSettings(threads=1, lease_seconds=10, stop_grace=10,
-                                                                  hooks=studies.worker_hooks()))
+                                                                  hooks=worker_hooks()))
     runner.open_for_work()
     with contextlib.ExitStack() as stack:
         if backend == "sqlite":
@@ -78,12 +80,12 @@ def worker_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str) 
             url = stack.enter_context(postgres_database(service_url("LAMP_TEST_POSTGRES_URL")))
             use_queue(service_url("LAMP_TEST_REDIS_URL"), name=f"lamp-t-{uuid.uuid4().hex[:8]}")
             stack.callback(huey.flush)
-            stack.callback(_drop_database, studies.storage_url(url))
+            stack.callback(_drop_database, optuna_db.storage_url(url))
         monkeypatch.setenv("LAMP_DATABASE_URL", url)
         upgrade_database(url)
         yield url
         dispose_engines()
-        studies.optuna_storage.cache_clear()
+        optuna_db.optuna_storage.cache_clear()
     use_queue("memory://")
 
 

@@ -35,7 +35,7 @@ def base(tiny_llama_dir: Path, sentiment_csv: Path) -> RunSpec:
 def _run_all() -> None:
     """Step the queue until it is empty, advancing studies as a worker's reaper would."""
     from jobs.queue import execute_next
-    from jobs.studies import advance_all
+    from jobs.studies.conduct import advance_all
 
     while True:
         ran = execute_next()
@@ -61,7 +61,7 @@ def _optuna_states(study: Study) -> dict[int, str]:
 
 
 def _storage() -> Any:
-    from jobs.studies import storage
+    from jobs.studies.optuna_db import storage
 
     return storage()
 
@@ -69,7 +69,7 @@ def _storage() -> Any:
 # ---- plans -------------------------------------------------------------------------------------------------------
 
 def test_lists_parse_and_bad_values_are_named() -> None:
-    from jobs.studies import parse_list
+    from jobs.studies.plan import parse_list
 
     assert parse_list("4, 8,16, 8", int, "rank") == [4, 8, 16]
     assert parse_list("", float, "lr") == []
@@ -78,7 +78,7 @@ def test_lists_parse_and_bad_values_are_named() -> None:
 
 
 def test_a_grid_counts_distinct_valid_runs_only(base: RunSpec) -> None:
-    from jobs.studies import StudyPlan, check_plan
+    from jobs.studies.plan import StudyPlan, check_plan
 
     # prompt tuning has no rank or pool: its 4 combinations are one run; rank 16 > length 8 is invalid for LAMP.
     plan = check_plan(StudyPlan(name="g", base=base, space={"method": ["lamp", "prompt-tuning"],
@@ -98,7 +98,7 @@ def test_a_grid_counts_distinct_valid_runs_only(base: RunSpec) -> None:
     ({"pruner": "hyperband"}, "pruner='hyperband'"),
 ])
 def test_bad_plans_say_what_to_change(base: RunSpec, changes: dict[str, Any], message: str) -> None:
-    from jobs.studies import StudyPlan, check_plan
+    from jobs.studies.plan import StudyPlan, check_plan
 
     plan = StudyPlan(name="bad", base=base, space={"rank": [2, 4]})
     with pytest.raises(ConfigError, match=message):
@@ -106,7 +106,7 @@ def test_bad_plans_say_what_to_change(base: RunSpec, changes: dict[str, Any], me
 
 
 def test_optuna_keeps_its_own_database(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from jobs.studies import storage_url
+    from jobs.studies.optuna_db import storage_url
 
     monkeypatch.delenv("LAMP_STUDY_DATABASE_URL", raising=False)
     assert storage_url(f"sqlite:///{tmp_path}/lamp.db") == f"sqlite:///{tmp_path}/studies.db"
@@ -124,7 +124,9 @@ def test_a_grid_study_runs_every_setting_as_a_job_and_finds_the_front(sqlite_sto
     from sqlalchemy import inspect
 
     from jobs.db import get_engine
-    from jobs.studies import StudyPlan, create_study, study_view
+    from jobs.studies.conduct import create_study
+    from jobs.studies.plan import StudyPlan
+    from jobs.studies.views import study_view
 
     plan = StudyPlan(name="grid", base=base, space={"method": ["lamp", "prompt-tuning"], "rank": [2, 4],
                                                     "lr": [0.05]}, pruner="none")
@@ -165,7 +167,9 @@ def test_a_grid_study_runs_every_setting_as_a_job_and_finds_the_front(sqlite_sto
 def test_seeds_are_aggregated_as_mean_and_spread(sqlite_store: str, base: RunSpec) -> None:
     import statistics
 
-    from jobs.studies import StudyPlan, create_study, study_view
+    from jobs.studies.conduct import create_study
+    from jobs.studies.plan import StudyPlan
+    from jobs.studies.views import study_view
 
     study_id = create_study(StudyPlan(name="seeds", base=base, space={"seed": [1, 2, 3]}, pruner="none"))
     _run_all()
@@ -183,7 +187,9 @@ def test_seeds_are_aggregated_as_mean_and_spread(sqlite_store: str, base: RunSpe
 
 
 def test_the_recipe_knobs_sweep_like_the_others(sqlite_store: str, base: RunSpec) -> None:
-    from jobs.studies import StudyPlan, create_study, describe, study_view
+    from jobs.studies.conduct import create_study
+    from jobs.studies.plan import StudyPlan, describe
+    from jobs.studies.views import study_view
 
     space: dict[str, list[Any]] = {"lr_scaling": ["absolute", "relative"], "prompt_init": ["vocab", "text"],
                                    "lr": [0.05]}
@@ -204,7 +210,9 @@ def test_the_recipe_knobs_sweep_like_the_others(sqlite_store: str, base: RunSpec
 def test_the_pruner_stops_a_hopeless_trial_and_its_job_ends_pruned(sqlite_store: str, base: RunSpec) -> None:
     import optuna
 
-    from jobs.studies import StudyPlan, create_study, study_view
+    from jobs.studies.conduct import create_study
+    from jobs.studies.plan import StudyPlan
+    from jobs.studies.views import study_view
 
     study_id = create_study(StudyPlan(name="prune", base=base, space={"rank": [2]}, pruner="median"))
     study, _trials = _rows(study_id)
@@ -233,7 +241,9 @@ def test_the_pruner_stops_a_hopeless_trial_and_its_job_ends_pruned(sqlite_store:
 
 
 def test_a_budget_study_keeps_parallel_trials_in_flight(sqlite_store: str, base: RunSpec) -> None:
-    from jobs.studies import StudyPlan, create_study, study_view
+    from jobs.studies.conduct import create_study
+    from jobs.studies.plan import StudyPlan
+    from jobs.studies.views import study_view
 
     plan = StudyPlan(name="budget", base=base, space={"rank": [1, 2, 4], "pool": [1, 2], "lr": [0.05, 0.1]},
                      mode="budget", n_trials=3, parallel=2, objectives=("accuracy", "params", "time"),
@@ -256,7 +266,9 @@ def test_a_budget_study_keeps_parallel_trials_in_flight(sqlite_store: str, base:
 
 
 def test_cancelling_a_study_cancels_its_jobs_and_asks_no_more(sqlite_store: str, base: RunSpec) -> None:
-    from jobs.studies import StudyPlan, cancel_study, create_study, study_view
+    from jobs.studies.conduct import cancel_study, create_study
+    from jobs.studies.plan import StudyPlan
+    from jobs.studies.views import study_view
 
     study_id = create_study(StudyPlan(name="stop", base=base, space={"rank": [1, 2, 4]}, parallel=2))
     assert cancel_study(study_id) == 2
@@ -274,7 +286,9 @@ def test_reading_a_study_never_advances_it_and_the_workers_hooks_do(sqlite_store
     from jobs import runner
     from jobs.hooks import WorkerHooks
     from jobs.queue import execute_next
-    from jobs.studies import StudyPlan, create_study, study_view, worker_hooks
+    from jobs.studies.conduct import create_study, worker_hooks
+    from jobs.studies.plan import StudyPlan
+    from jobs.studies.views import study_view
     from lamp.cli import main
 
     plan = StudyPlan(name="reads", base=base, space={"rank": [1, 2]}, pruner="none")
@@ -300,7 +314,9 @@ def test_reading_a_study_never_advances_it_and_the_workers_hooks_do(sqlite_store
 
 
 def test_the_recommendation_relaunches_on_a_larger_budget(sqlite_store: str, base: RunSpec) -> None:
-    from jobs.studies import StudyPlan, create_study, relaunch, study_view
+    from jobs.studies.conduct import create_study, relaunch
+    from jobs.studies.plan import StudyPlan
+    from jobs.studies.views import study_view
 
     study_id = create_study(StudyPlan(name="again", base=base, space={"rank": [1, 2]}, pruner="none"))
     _run_all()
@@ -348,7 +364,10 @@ def test_the_cli_starts_shows_and_exports_a_study(sqlite_store: str, tiny_llama_
 def test_a_study_on_postgres_and_redis_keeps_optuna_in_its_own_database(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch,
                                                                        base: RunSpec) -> None:
-    from jobs.studies import StudyPlan, create_study, storage_url, study_view
+    from jobs.studies.conduct import create_study
+    from jobs.studies.optuna_db import storage_url
+    from jobs.studies.plan import StudyPlan
+    from jobs.studies.views import study_view
 
     for url in worker_store(tmp_path, monkeypatch, "redis+postgres"):
         study_id = create_study(StudyPlan(name="pg", base=base, space={"rank": [1, 2]}, pruner="none"))
@@ -408,7 +427,7 @@ def test_study_form_builds_the_plan_and_says_what_it_will_launch(tiny_llama_dir:
 def test_study_tab_shows_fronts_links_tables_and_the_recommendation(sqlite_store: str, tiny_llama_dir: Path,
                                                                    access: Any) -> None:
     from app import study as tab
-    from jobs.studies import study_view
+    from jobs.studies.views import study_view
 
     study_id = tab.launch(tab.plan_from_form(_study_form(tiny_llama_dir, seeds="1, 2"), access))
     assert (study_id, ) == tuple(i for _, i in tab.study_choices())

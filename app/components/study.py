@@ -15,7 +15,10 @@ from app.settings import ServeSettings
 from core.errors import ConfigError
 from core.methods import METHODS
 from core.tasks import BUILTIN_TASKS
-from jobs.studies import COST_LABELS, COSTS, StudyNotFound, cancel_study, relaunch, study_view
+from jobs.errors import StudyNotFound
+from jobs.studies.conduct import cancel_study, relaunch
+from jobs.studies.plan import COST_LABELS, COSTS
+from jobs.studies.views import study_view
 
 POLL_SECONDS = 3.0
 INFO = {

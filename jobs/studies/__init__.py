@@ -19,48 +19,6 @@ One module for each concern:
     pruning   the listener in the training process
     views     reading a study: trials, settings over seeds, fronts, recommendation (reads only)
     report    its tables and charts (pandas, plotly; imported on its own by the CLI and the Study tab)
+Import from the module you need: this package imports none of them, so that naming one (the training process
+imports `pruning` by name) loads only what it needs.
 """
-
-from jobs.errors import StudyNotFound
-from jobs.studies.conduct import advance, advance_all, cancel_study, create_study, job_ended, relaunch, worker_hooks
-from jobs.studies.optuna_db import optuna_storage, storage, storage_url
-from jobs.studies.plan import (
-    COST_LABELS,
-    COSTS,
-    KNOBS,
-    StudyPlan,
-    check_plan,
-    describe,
-    distinct_settings,
-    parse_list,
-)
-from jobs.studies.pruning import PruningHook, pruning_hook
-from jobs.studies.views import SettingView, StudyView, TrialView, study_view
-
-__all__ = [
-    "COSTS",
-    "COST_LABELS",
-    "KNOBS",
-    "PruningHook",
-    "SettingView",
-    "StudyNotFound",
-    "StudyPlan",
-    "StudyView",
-    "TrialView",
-    "advance",
-    "advance_all",
-    "cancel_study",
-    "check_plan",
-    "create_study",
-    "describe",
-    "distinct_settings",
-    "job_ended",
-    "optuna_storage",
-    "parse_list",
-    "pruning_hook",
-    "relaunch",
-    "storage",
-    "storage_url",
-    "study_view",
-    "worker_hooks",
-]
