@@ -1,7 +1,7 @@
 """What a worker runs besides its jobs, given to it when it starts (`jobs.tasks.run_worker(hooks=...)`): work when one
 of its jobs has ended, work on every pass of its reaper, and extra listeners of each training process's events. The
 runner and the reaper call them without knowing what they are, so the queue calls nothing above it; studies give
-theirs (jobs.studies.worker_hooks)."""
+theirs (jobs.studies.conduct.worker_hooks)."""
 
 from __future__ import annotations
 

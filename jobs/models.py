@@ -172,7 +172,7 @@ class StudyStatus(StrEnum):
 
 
 class Study(Base):
-    """A search over a run's knobs: one Optuna study (in its own database, `jobs.studies.storage_url()`) whose
+    """A search over a run's knobs: one Optuna study (in its own database, `jobs.studies.optuna_db.storage_url()`) whose
     trials are ordinary jobs. Named `lamp_studies` so that it can never be confused with Optuna's `studies`."""
 
     __tablename__ = "lamp_studies"
@@ -199,7 +199,7 @@ class Study(Base):
     """The recommendation: the cheapest setting whose accuracy is within this of the best (0.01 = one point)."""
     status: Mapped[str] = mapped_column(String(16), default=StudyStatus.RUNNING, index=True)
     locked_until: Mapped[datetime | None]
-    """Set while one process asks and tells (jobs.studies.advance); a crashed holder frees it when it passes."""
+    """Set while one process asks and tells (jobs.studies.conduct.advance); a crashed holder frees it when it passes."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
 
