@@ -126,6 +126,9 @@ class ProgressPrinter:
                        f"{event.data['prompt_tokens']} prompt tokens, lr {event.data['lr']}")
             self.bar = tqdm(total=event.total_steps, initial=event.step, file=sys.stderr, disable=self.quiet,
                             unit="step", dynamic_ncols=True)
+        elif event.kind == "phase" and self.bar is not None:
+            phase, total = event.data["phase"], event.data.get("total")
+            self.bar.set_description(f"{phase} {event.data['done']}/{total}" if total else phase, refresh=True)
         elif event.kind == "step" and self.bar is not None:
             self.bar.update(event.step - self.bar.n)
             self.bar.set_postfix(loss=f"{event.data['loss']:.3f}", ex_s=f"{event.data['examples_per_second']:.1f}",
