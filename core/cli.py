@@ -89,7 +89,9 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "a job id): same length l and a model of the same hidden size")
     g.add_argument("--device", default=_T.device, help="auto, cpu, cuda or cuda:N")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    g.add_argument("--no-generate-eval", action="store_true", help="skip scoring classification by generation")
+    g.add_argument("--generate-eval", action="store_true",
+                   help="also score a classification task's test split by generation (greedy exact match)")
+    g.add_argument("--no-generate-eval", action="store_true", help=argparse.SUPPRESS)  # the default; kept for scripts
 
 
 def spec_from_args(a: argparse.Namespace) -> RunSpec:
@@ -108,7 +110,7 @@ def spec_from_args(a: argparse.Namespace) -> RunSpec:
                           weight_decay=a.weight_decay, warmup_steps=a.warmup_steps, grad_clip=a.grad_clip,
                           max_length=a.max_length, eval_every=a.eval_every, checkpoint_every=a.checkpoint_every,
                           seed=a.seed, init_from=a.init_from, device=a.device, threads=a.threads,
-                          generate_eval=not a.no_generate_eval,
+                          generate_eval=a.generate_eval and not a.no_generate_eval,
                           **_given(prompt_init=a.prompt_init, prompt_init_text=a.prompt_init_text,
                                    lr_scaling=a.lr_scaling)),
     )
@@ -146,6 +148,9 @@ class ProgressPrinter:
                        f"{event.data['prompt_tokens']} prompt tokens, lr {event.data['lr']}")
             self.bar = tqdm(total=event.total_steps, initial=event.step, file=sys.stderr, disable=self.quiet,
                             unit="step", dynamic_ncols=True)
+        elif event.kind == "phase" and self.bar is not None:
+            phase, total = event.data["phase"], event.data.get("total")
+            self.bar.set_description(f"{phase} {event.data['done']}/{total}" if total else phase, refresh=True)
         elif event.kind == "step" and self.bar is not None:
             self.bar.update(event.step - self.bar.n)
             self.bar.set_postfix(loss=f"{event.data['loss']:.3f}", ex_s=f"{event.data['examples_per_second']:.1f}",
@@ -201,7 +206,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     task = load_task(spec.data)
     codec = Codec.for_backbone(backbone, task.answer_cue, spec.train.max_length)
     examples = task.test[: a.max_test_examples]
-    metrics, scoring = evaluate(backbone, prompt, codec, task, examples, generate=not a.no_generate_eval)
+    metrics, scoring = evaluate(backbone, prompt, codec, task, examples,
+                                generate=a.generate_eval and not a.no_generate_eval)
     out = {"metrics": metrics, "scoring": scoring, "examples": len(examples), "prompt": bool(a.artifact)}
     print(json.dumps(out) if a.json else "\n".join(f"{k}: {v:.4f} ({scoring[k]})" for k, v in metrics.items()))
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -12,6 +12,10 @@ from core.scoring import generate, generate_and_rank, rank_candidates
 from core.tasks import Example, TaskData, compute_metrics
 
 GEN_PREFIX = "gen_"
+CHUNK = 64
+"""Examples scored between two progress reports (each chunk is still batched and sorted by length)."""
+Progress = Callable[[int, int], None]
+"""Called with (examples scored so far, examples in all)."""
 
 
 def is_ranked(task: TaskData, examples: Sequence[Example]) -> bool:
@@ -37,25 +41,35 @@ def evaluate(
     *,
     generate: bool = True,
     batch_size: int = 32,
+    progress: Progress | None = None,
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Metrics by name and how each was scored ("rank" or "generation").
 
     Ranked tasks report the task's metrics by ranking and, with `generate`, the same metrics by generation under
-    a `gen_` prefix. Free-text tasks are scored by generation under the plain names.
+    a `gen_` prefix. Free-text tasks are scored by generation under the plain names. `progress` hears how many
+    examples are scored after every CHUNK of them.
     """
     if not examples:
         return {}, {}
     metrics: dict[str, float] = {}
     scoring: dict[str, str] = {}
     words = task.label_words
+    report = progress or (lambda done, total: None)
     if is_ranked(task, examples):
         cands = [candidates_of(task, e) for e in examples]
         sources = [e.source for e in examples]
-        if generate:
-            texts, scores = generate_and_rank(backbone, prompt, codec, sources, cands, batch_size=batch_size,
-                                              max_new_tokens=max_answer_tokens(codec, task, examples))
-        else:
-            scores = rank_candidates(backbone, prompt, codec, sources, cands, batch_size=batch_size)
+        texts, scores = [], []
+        new = max_answer_tokens(codec, task, examples)
+        for start in range(0, len(sources), CHUNK):
+            part = slice(start, start + CHUNK)
+            if generate:
+                t, sc = generate_and_rank(backbone, prompt, codec, sources[part], cands[part],
+                                          batch_size=batch_size, max_new_tokens=new)
+                texts += t
+            else:
+                sc = rank_candidates(backbone, prompt, codec, sources[part], cands[part], batch_size=batch_size)
+            scores += sc
+            report(min(start + CHUNK, len(sources)), len(sources))
         picks = [c[max(range(len(s)), key=s.__getitem__)] for c, s in zip(cands, scores, strict=True)]
         for name, value in compute_metrics(task.metrics, picks, examples, label_words=words).items():
             metrics[name], scoring[name] = value, "rank"
@@ -63,7 +77,10 @@ def evaluate(
             for name, value in compute_metrics(task.metrics, texts, examples, label_words=words).items():
                 metrics[GEN_PREFIX + name], scoring[GEN_PREFIX + name] = value, "generation"
         return metrics, scoring
-    texts = _generate(backbone, prompt, codec, task, examples, batch_size)
+    texts = []
+    for start in range(0, len(examples), CHUNK):
+        texts += _generate(backbone, prompt, codec, task, examples[start : start + CHUNK], batch_size)
+        report(min(start + CHUNK, len(examples)), len(examples))
     for name, value in compute_metrics(task.metrics, texts, examples, label_words=words).items():
         metrics[name], scoring[name] = value, "generation"
     return metrics, scoring

@@ -11,7 +11,10 @@ from typing import Any, Literal
 
 import torch
 
-EventKind = Literal["start", "step", "eval", "warning", "checkpoint", "test", "done"]
+EventKind = Literal["start", "phase", "step", "eval", "warning", "checkpoint", "test", "done"]
+Phase = Literal["loading", "training", "validating", "testing", "writing"]
+"""What a run is doing: a `phase` event says so when it changes, and while it evaluates, how far it is
+(`done` of `total` examples)."""
 
 
 @dataclass(frozen=True)
@@ -20,7 +23,8 @@ class Event:
     step: int
     total_steps: int
     data: dict[str, Any] = field(default_factory=dict)
-    """step: loss, lr, examples_per_second, peak_memory_mb, prompt_norm, vocab_norm, norm_ratio;
+    """phase: phase (and done, total while evaluating); step: loss, lr, examples_per_second, step_seconds,
+    peak_memory_mb, prompt_norm, vocab_norm, norm_ratio;
     eval/test: metric values by name; warning: message; checkpoint: path; start: trainable_params, ..."""
 
 

@@ -166,6 +166,7 @@ def fit(
     validate_spec(spec)
     started = time.perf_counter()
     emit = on_event or (lambda event: None)
+    emit(Event("phase", 0, 0, {"phase": "loading"}))
     t = spec.train
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
@@ -253,9 +254,15 @@ def fit(
         send(Event("checkpoint", step, steps, {"path": str(checkpoint_path)}))
 
     def run_eval(examples: list[Any], kind: str) -> tuple[dict[str, float], dict[str, str]]:
+        phase = "validating" if kind == "val" else "testing"
+
+        def progress(done: int, total: int) -> None:
+            emit(Event("phase", step, steps, {"phase": phase, "done": done, "total": total}))
+
+        progress(0, len(examples))
         with torch.no_grad():
             metrics, scoring = evaluate(backbone, prompt(), codec, task, examples,
-                                        generate=t.generate_eval and kind == "test")
+                                        generate=t.generate_eval and kind == "test", progress=progress)
         # The name of the metric that picks the best checkpoint travels with it (a study's pruner reads it).
         data = {**metrics, "primary": primary_metric(task, metrics)}
         send(Event("eval" if kind == "val" else "test", step, steps, data))
@@ -272,6 +279,7 @@ def fit(
         send(Event("warning", step, steps, {"message": note}))
     batches = length_bucketed_order(lengths, t.batch_size, random.Random(t.seed + epoch))
     norm_ok = True
+    emit(Event("phase", step, steps, {"phase": "training"}))
     try:
         while step < steps:
             if should_stop is not None and should_stop():
@@ -311,6 +319,8 @@ def fit(
                 if best_value is None or value > best_value:
                     best_value, best_step = value, step
                     best_state = {k: v.detach().clone() for k, v in prompt.state_dict().items()}
+                if step < steps:
+                    emit(Event("phase", step, steps, {"phase": "training"}))
             if step % t.checkpoint_every == 0 or step == steps:
                 checkpoint()
     except torch.OutOfMemoryError as exc:
@@ -323,6 +333,7 @@ def fit(
     # The best checkpoint (by the primary validation metric) is what gets tested and saved.
     prompt.load_state_dict(best_state)
     metrics, scoring = run_eval(test_examples, "test") if t.final_eval else ({}, {})
+    emit(Event("phase", step, steps, {"phase": "writing"}))
     with torch.no_grad():
         pooled = prompt()
     manifest = {

@@ -96,8 +96,8 @@ def test_a_submitted_job_runs_once_and_leaves_a_complete_record(backend: str, jo
         assert sorted({p.step for p in read(store.metric_points, job_id=job_id, split="val")}) == [3, 6]
         test_points = {p.name: p.value for p in read(store.metric_points, job_id=job_id, split="test")}
         result = read(store.get_result, job_id=job_id)
-        assert result is not None and result.metrics == test_points and set(result.metrics) == {"accuracy",
-                                                                                                 "gen_accuracy"}
+        # Ranking label words only: scoring by generation is opt-in (generate_eval).
+        assert result is not None and result.metrics == test_points and set(result.metrics) == {"accuracy"}
         assert result.trainable_params == spec.method.trainable_params(32) and result.peak_memory_mb > 0
         # A second message for a finished job (a duplicate, a replay) does not run it again.
         enqueue(job_id)

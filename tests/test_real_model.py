@@ -1,4 +1,4 @@
-"""The real offline default model (SmolLM2-135M-Instruct) on the real Rotten Tomatoes data.
+"""The real offline models (SmolLM2-135M-Instruct, Gemma 3 270M) on the real offline data.
 
 Run alone with `bash scripts/test.sh -m real_model`.
 """
@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from core.backbone import load_backbone
 from core.batching import Codec, collate
-from core.methods import build_prompt, method_config
+from core.methods import build_prompt, method_config, prompt_module
 from core.scoring import loss_fn
 from core.spec import DataConfig, ModelConfig, RunSpec, TrainConfig
 from core.tasks import load_builtin_task
@@ -54,3 +54,36 @@ def test_zero_shot_template_is_sane(default_dir: Path) -> None:
     metrics, scoring = evaluate(backbone, None, codec, task, task.test[:64], generate=False)
     assert scoring == {"accuracy": "rank"}
     assert metrics["accuracy"] > 0.65
+
+
+@pytest.mark.parametrize("model", ["default", "gemma3-270m"])
+def test_the_default_recipe_lowers_the_loss_on_both_families(model: str, default_dir: Path, gemma_dir: Path,
+                                                             tmp_path: Path) -> None:
+    """LAMP with every setting at its default (the recipe of "Choosing defaults") trains on both offline families:
+    a few steps lower the loss on held-out statements of the second offline task."""
+    spec = RunSpec(model=ModelConfig(model), data=DataConfig(task="presidential_debates", max_eval_examples=8),
+                   train=TrainConfig(steps=6, batch_size=8, eval_every=6, device="cpu", final_eval=False,
+                                     max_length=96))
+    result = fit(spec, tmp_path)
+    backbone = load_backbone(spec.model, torch.device("cpu"))
+    task = load_builtin_task("presidential_debates")
+    codec = Codec.for_backbone(backbone, task.answer_cue, 96)
+    batch = collate([codec.encode(e.source, e.target) for e in task.validation[:24]], "causal",
+                    backbone.tokenizer.pad_token_id, backbone.device)
+    module = prompt_module(spec.method, load_file(f"{result.artifact}/init_params.safetensors"))
+    with torch.no_grad():
+        before = loss_fn(backbone, module(), batch).item()
+        after = loss_fn(backbone, load_file(f"{result.artifact}/prompt.safetensors")["prompt"], batch).item()
+    assert after < before, (model, before, after)
+
+
+def test_gemma_prompts_start_at_what_its_embedding_layer_outputs(gemma_dir: Path) -> None:
+    """Gemma multiplies token embeddings by sqrt(d) on the way in: a prompt drawn from the raw weight table would
+    start 25x too small. The table a prompt is drawn from is what the layer outputs."""
+    backbone = load_backbone(ModelConfig("gemma3-270m"), torch.device("cpu"))
+    ids = torch.tensor([494, 1000, 5000])
+    with torch.no_grad():
+        layer_out = backbone.input_embeddings(ids)
+    torch.testing.assert_close(backbone.embedding_table()[ids], layer_out.float())
+    assert backbone.embedding_table()[ids].norm(dim=-1).mean() > 20 * backbone.input_embeddings.weight[ids].norm(
+        dim=-1).mean()

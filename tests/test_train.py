@@ -44,7 +44,7 @@ def test_fit_writes_a_complete_artifact(family: str, method: str, tiny_dirs: dic
     prompt = load_file(str(out / "prompt.safetensors"))["prompt"]
     assert prompt.shape == (spec.method.prompt_tokens, 32)
     assert len(manifest["init_token_ids"]) == (0 if method == "dpt" else spec.method.length)
-    kinds = [e.kind for e in events]
+    kinds = [e.kind for e in events if e.kind != "phase"]  # phases: test_phases_say_what_the_run_is_doing
     assert kinds[0] == "start" and kinds[-1] == "done"
     assert kinds.count("step") == 6 and kinds.count("eval") == 2 and kinds.count("test") == 1
     step = next(e for e in events if e.kind == "step")
@@ -175,3 +175,16 @@ def test_4bit_needs_cuda(tiny_llama_dir: Path) -> None:
 
         with pytest.raises(DeviceError, match="no CUDA device"):
             resolve_device("cuda:0")
+
+
+def test_phases_say_what_the_run_is_doing(tiny_llama_dir: Path, sentiment_csv: Path, tmp_path: Path) -> None:
+    events: list[Event] = []
+    fit(_spec(tiny_llama_dir, sentiment_csv, steps=4, eval_every=2), tmp_path, on_event=events.append)
+    phases = [e.data["phase"] for e in events if e.kind == "phase"]
+    # Each phase once in a row: loading, training, validating at steps 2 and 4, the test, the artifact.
+    changes = [p for i, p in enumerate(phases) if i == 0 or p != phases[i - 1]]
+    assert changes == ["loading", "training", "validating", "training", "validating", "testing", "writing"]
+    testing = [e.data for e in events if e.kind == "phase" and e.data["phase"] == "testing"]
+    total = testing[0]["total"]
+    assert total > 0 and [d["done"] for d in testing] == [0, *range(0, total, 64)[1:], total]
+    assert all(e.step == 4 for e in events if e.kind == "phase" and e.data["phase"] in ("testing", "writing"))
