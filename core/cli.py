@@ -50,6 +50,7 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rank", type=int, default=None, help="rank r for lamp and dpt (default 8)")
     g.add_argument("--pool", type=int, default=None, help="lamp: average-pool blocks of p tokens (default 4)")
     g.add_argument("--init", default=None, choices=["balanced", "paper"], help="lamp: starting Q (default balanced)")
+    g.add_argument("--bottleneck", type=int, default=None, help="residual-pt: the network's hidden width (default 400)")
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=int, default=None, help="optimizer steps (default 150 unless --epochs)")
     g.add_argument("--epochs", type=float, default=None)
@@ -82,7 +83,8 @@ def spec_from_args(a: argparse.Namespace) -> RunSpec:
     task = a.task if a.task is not None or a.train_file is not None else "rotten_tomatoes"
     spec = RunSpec(
         model=ModelConfig(a.model, a.dtype, a.quantize),
-        method=method_config(a.method, length=a.length, rank=a.rank, pool=a.pool, init=a.init),
+        method=method_config(a.method, length=a.length, rank=a.rank, pool=a.pool, init=a.init,
+                             bottleneck=a.bottleneck),
         data=DataConfig(task=task, data_dir=a.data_dir, train_file=a.train_file, eval_file=a.eval_file,
                         text_column=a.text_column, template=a.template, label_column=a.label_column, kind=a.kind,
                         max_train_examples=a.max_train_examples, max_eval_examples=a.max_eval_examples,
