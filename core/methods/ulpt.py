@@ -7,8 +7,8 @@ shift per dimension.
 Trained: l*r + 2d. R is drawn from the run's seed with entries N(0, 1/r) and kept in the artifact beside the trained
 tensors (a buffer, not a parameter). Z starts N(0, 1), so Z R has entries of unit variance on average over the
 dimensions; s and b start at the per-dimension standard deviation and mean of the common-token embeddings, so the
-starting prompt vectors have the vocabulary's mean in every dimension and, on average, its spread. A start from a given prompt (a text's tokens, a warm start) sets
-Z to the least-squares fit of (P - b) / s in R's row space.
+starting prompt vectors have the vocabulary's mean in every dimension and, on average, its spread. A start from a
+given prompt (a text's tokens, a warm start) sets Z to the least-squares fit of (P - b) / s in R's row space.
 """
 
 from __future__ import annotations
