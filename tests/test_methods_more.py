@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 import torch
 from torch.testing import assert_close
 
 from core.errors import ConfigError
 from core.methods import (
+    ResidualPrompt,
     ResidualPtConfig,
     UlptConfig,
+    UlptPrompt,
     build_prompt,
     method_config,
     prompt_module,
@@ -48,7 +52,8 @@ def test_requires_grad_matches_the_formula(config: ResidualPtConfig | UlptConfig
 def test_residual_forward_matches_float64_reference_and_starts_at_p() -> None:
     table = _vocab()
     config = ResidualPtConfig(length=10, bottleneck=16)
-    module, ids = build_prompt(config, table, list(range(400)), torch.Generator().manual_seed(2))
+    built, ids = build_prompt(config, table, list(range(400)), torch.Generator().manual_seed(2))
+    module = cast(ResidualPrompt, built)
     assert_close(module(), table[torch.tensor(ids)])  # the branch starts closed: P' = P
     with torch.no_grad():  # open it to test the whole formula
         module.norm.weight.normal_(generator=torch.Generator().manual_seed(3))
@@ -63,8 +68,9 @@ def test_residual_forward_matches_float64_reference_and_starts_at_p() -> None:
 
 
 def test_residual_gradients_reach_the_prompt_and_the_network() -> None:
-    module, _ = build_prompt(ResidualPtConfig(length=6, bottleneck=8), _vocab(), list(range(400)),
-                             torch.Generator().manual_seed(0))
+    built, _ = build_prompt(ResidualPtConfig(length=6, bottleneck=8), _vocab(), list(range(400)),
+                            torch.Generator().manual_seed(0))
+    module = cast(ResidualPrompt, built)
     module().pow(2).sum().backward()
     assert module.prompt.grad is not None and module.norm.weight.grad is not None
     assert module.norm.weight.grad.abs().sum() > 0  # the closed branch still learns to open
@@ -73,7 +79,8 @@ def test_residual_gradients_reach_the_prompt_and_the_network() -> None:
 def test_ulpt_forward_matches_float64_reference_and_keeps_the_vocabulary_statistics() -> None:
     table = _vocab(hidden=32, vocab=3000)
     config = UlptConfig(length=400, rank=2)
-    module, _ = build_prompt(config, table, list(range(3000)), torch.Generator().manual_seed(5))
+    built, _ = build_prompt(config, table, list(range(3000)), torch.Generator().manual_seed(5))
+    module = cast(UlptPrompt, built)
     r = module.projection
     assert not r.requires_grad and r.shape == (2, 32)
     expected = (module.z.double() @ r.double()) * module.scale.double() + module.shift.double()
@@ -88,7 +95,8 @@ def test_ulpt_text_start_is_the_least_squares_fit() -> None:
     table = _vocab()
     config = UlptConfig(length=6, rank=3)
     ids = [5, 6, 7, 5, 6, 7]
-    module, got_ids = build_prompt(config, table, list(range(400)), torch.Generator().manual_seed(0), start_ids=ids)
+    built, got_ids = build_prompt(config, table, list(range(400)), torch.Generator().manual_seed(0), start_ids=ids)
+    module = cast(UlptPrompt, built)
     assert got_ids == ids
     target = (table[torch.tensor(ids)].double() - module.shift.double()) / module.scale.double()
     z = module.z.detach().double()
