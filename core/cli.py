@@ -16,7 +16,7 @@ from typing import Any
 from core.errors import LampError
 from core.events import Event
 from core.inputs import check_inputs
-from core.methods import METHODS, LampConfig, method_config, trainable_param_counts
+from core.methods import METHODS, LampConfig, ResidualPtConfig, method_config, trainable_param_counts
 from core.spec import DEFAULT_METHOD, DEFAULT_STEPS, DataConfig, ModelConfig, RunSpec, TrainConfig, validate_spec
 
 _M, _D, _T, _LAMP = ModelConfig(), DataConfig(), TrainConfig(), LampConfig()
@@ -39,6 +39,8 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"lamp: average-pool blocks of p tokens (default {_LAMP.pool})")
     g.add_argument("--init", default=None, choices=["balanced", "paper"],
                    help=f"lamp: starting Q (default {_LAMP.init})")
+    g.add_argument("--bottleneck", type=int, default=None,
+                   help=f"residual-pt: the network's hidden width (default {ResidualPtConfig.bottleneck})")
     _add_train_arguments(p)
 
 
@@ -100,7 +102,8 @@ def spec_from_args(a: argparse.Namespace) -> RunSpec:
     task = a.task if a.task is not None or a.train_file is not None else _D.task
     spec = RunSpec(
         model=ModelConfig(a.model, a.dtype, a.quantize),
-        method=method_config(a.method, length=a.length, rank=a.rank, pool=a.pool, init=a.init),
+        method=method_config(a.method, length=a.length, rank=a.rank, pool=a.pool, init=a.init,
+                             bottleneck=a.bottleneck),
         data=DataConfig(task=task, data_dir=a.data_dir, train_file=a.train_file, eval_file=a.eval_file,
                         text_column=a.text_column, template=a.template, label_column=a.label_column, kind=a.kind,
                         max_train_examples=a.max_train_examples, max_eval_examples=a.max_eval_examples,

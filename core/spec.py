@@ -118,6 +118,8 @@ RECIPES = {
     "lamp": Recipe(lr=0.01, lr_scaling="absolute", prompt_init="vocab"),
     "prompt-tuning": Recipe(lr=0.01, lr_scaling="absolute", prompt_init="vocab"),
     "dpt": Recipe(lr=0.01, lr_scaling="absolute", prompt_init="vocab"),
+    "residual-pt": Recipe(lr=0.08, lr_scaling="relative", prompt_init="vocab"),
+    "ulpt": Recipe(lr=0.08, lr_scaling="relative", prompt_init="vocab"),
 }
 DEFAULT_LR = {name: recipe.lr for name, recipe in RECIPES.items()}
 DEFAULT_STEPS = 150

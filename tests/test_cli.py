@@ -163,14 +163,19 @@ def _peft_greedy(peft_model: Any, src: torch.Tensor, seq2seq: bool, steps: int) 
     return out
 
 
+@pytest.mark.parametrize(("method", "knobs"), [("lamp", {"length": 8, "rank": 4, "pool": 2}),
+                                               ("residual-pt", {"length": 4, "bottleneck": 8}),
+                                               ("ulpt", {"length": 4, "rank": 2})])
 @pytest.mark.parametrize("family", ["llama", "t5"])
-def test_peft_export_loads_and_matches_predict(family: str, tiny_dirs: dict[str, Path], sentiment_csv: Path,
+def test_peft_export_loads_and_matches_predict(family: str, method: str, knobs: dict[str, int],
+                                               tiny_dirs: dict[str, Path], sentiment_csv: Path,
                                                tmp_path: Path) -> None:
+    """Every method whose prompt PEFT can hold: LAMP's pooled P', Residual PT's and ULPT's folded prompts."""
     from core.methods import method_config
     from core.spec import DataConfig, ModelConfig, RunSpec, TrainConfig
     from core.train import fit
 
-    spec = RunSpec(model=ModelConfig(str(tiny_dirs[family])), method=method_config("lamp", length=8, rank=4, pool=2),
+    spec = RunSpec(model=ModelConfig(str(tiny_dirs[family])), method=method_config(method, **knobs),
                    data=DataConfig(task=None, train_file=str(sentiment_csv), text_column="review",
                                    label_column="verdict"),
                    train=TrainConfig(steps=3, batch_size=4, lr=0.05, device="cpu", final_eval=False))

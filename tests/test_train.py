@@ -18,7 +18,8 @@ from core.train import fit, lr_at
 
 def _spec(model: Path, csv: Path, method: str = "lamp", **train: object) -> RunSpec:
     knobs = {"lamp": {"length": 8, "rank": 4, "pool": 2}, "prompt-tuning": {"length": 4},
-             "dpt": {"length": 4, "rank": 2}}[method]
+             "dpt": {"length": 4, "rank": 2}, "residual-pt": {"length": 4, "bottleneck": 8},
+             "ulpt": {"length": 4, "rank": 2}}[method]
     settings = {"steps": 6, "batch_size": 4, "eval_every": 3, "checkpoint_every": 2, "lr": 0.05, "device": "cpu",
                 "generate_eval": True, **train}
     return RunSpec(model=ModelConfig(str(model)), method=method_config(method, **knobs),
@@ -26,7 +27,7 @@ def _spec(model: Path, csv: Path, method: str = "lamp", **train: object) -> RunS
                    train=TrainConfig(**settings))  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("method", ["lamp", "prompt-tuning", "dpt"])
+@pytest.mark.parametrize("method", ["lamp", "prompt-tuning", "dpt", "residual-pt", "ulpt"])
 @pytest.mark.parametrize("family", ["llama", "t5"])
 def test_fit_writes_a_complete_artifact(family: str, method: str, tiny_dirs: dict[str, Path], sentiment_csv: Path,
                                         tmp_path: Path) -> None:
@@ -43,7 +44,7 @@ def test_fit_writes_a_complete_artifact(family: str, method: str, tiny_dirs: dic
     assert manifest["trainable_params"] == result.trainable_params == spec.method.trainable_params(32)
     prompt = load_file(str(out / "prompt.safetensors"))["prompt"]
     assert prompt.shape == (spec.method.prompt_tokens, 32)
-    assert len(manifest["init_token_ids"]) == (0 if method == "dpt" else spec.method.length)
+    assert len(manifest["init_token_ids"]) == (0 if method in ("dpt", "ulpt") else spec.method.length)
     kinds = [e.kind for e in events if e.kind != "phase"]  # phases: test_phases_say_what_the_run_is_doing
     assert kinds[0] == "start" and kinds[-1] == "done"
     assert kinds.count("step") == 6 and kinds.count("eval") == 2 and kinds.count("test") == 1

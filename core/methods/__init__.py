@@ -10,13 +10,17 @@ from core.errors import ConfigError
 from core.methods.dpt import DptConfig, DptPrompt
 from core.methods.lamp import LampConfig, LampPrompt
 from core.methods.prompt_tuning import PromptTuningConfig, SoftPrompt
+from core.methods.residual_pt import ResidualPrompt, ResidualPtConfig
+from core.methods.ulpt import UlptConfig, UlptPrompt
 from core.vocab import sample_token_ids
 
-MethodConfig = LampConfig | PromptTuningConfig | DptConfig
-METHODS: dict[str, type[LampConfig] | type[PromptTuningConfig] | type[DptConfig]] = {
+MethodConfig = LampConfig | PromptTuningConfig | DptConfig | ResidualPtConfig | UlptConfig
+METHODS: dict[str, type[MethodConfig]] = {
     "lamp": LampConfig,
     "prompt-tuning": PromptTuningConfig,
     "dpt": DptConfig,
+    "residual-pt": ResidualPtConfig,
+    "ulpt": UlptConfig,
 }
 
 __all__ = [
@@ -26,6 +30,8 @@ __all__ = [
     "MethodConfig",
     "PromptModule",
     "PromptTuningConfig",
+    "ResidualPtConfig",
+    "UlptConfig",
     "build_prompt",
     "method_config",
     "method_to_dict",
@@ -60,10 +66,12 @@ def trainable_param_counts(hidden_size: int, length: int, rank: int, pool: int =
         "lamp": LampConfig(length=length, rank=rank, pool=pool).trainable_params(hidden_size),
         "prompt-tuning": PromptTuningConfig(length=length).trainable_params(hidden_size),
         "dpt": DptConfig(length=length, rank=rank).trainable_params(hidden_size),
+        "residual-pt": ResidualPtConfig(length=length).trainable_params(hidden_size),
+        "ulpt": UlptConfig(length=length, rank=rank).trainable_params(hidden_size),
     }
 
 
-PromptModule = LampPrompt | SoftPrompt | DptPrompt
+PromptModule = LampPrompt | SoftPrompt | DptPrompt | ResidualPrompt | UlptPrompt
 
 
 def build_prompt(
@@ -82,28 +90,45 @@ def build_prompt(
     if start_ids is not None:
         if len(start_ids) != config.length:
             raise ConfigError(f"start_ids: {len(start_ids)} tokens for a prompt of length {config.length}")
-        return _warm_prompt(config, embeddings.detach()[torch.tensor(start_ids)].float()), list(start_ids)
+        start = embeddings.detach()[torch.tensor(start_ids)].float()  # (l, d)
+        return _warm_prompt(config, start, embeddings, common_ids, generator), list(start_ids)
     if warm is not None:
         if tuple(warm.shape) != (config.length, hidden):
             raise ConfigError(f"init_from: the source prompt is {tuple(warm.shape)}, this run needs "
                               f"({config.length}, {hidden}) (length, hidden size)")
-        return _warm_prompt(config, warm.detach().float()), []
+        return _warm_prompt(config, warm.detach().float(), embeddings, common_ids, generator), []
     if isinstance(config, DptConfig):
         scale = embeddings.detach().float().pow(2).mean().sqrt().item()
         return DptPrompt(config, hidden, scale, generator), []
+    if isinstance(config, UlptConfig):
+        return UlptPrompt(config, *_vocab_stats(embeddings, common_ids), generator), []
     ids = sample_token_ids(common_ids, config.length, generator)
     init = embeddings.detach()[torch.tensor(ids)].float()  # (l, d)
     if isinstance(config, LampConfig):
         return LampPrompt(config, init), ids
+    if isinstance(config, ResidualPtConfig):
+        return ResidualPrompt(config, init, generator), ids
     return SoftPrompt(config, init), ids
 
 
-def _warm_prompt(config: MethodConfig, warm: torch.Tensor) -> PromptModule:
+def _vocab_stats(embeddings: torch.Tensor, common_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension standard deviation and mean of the common tokens' embeddings: ULPT's starting s and b."""
+    rows = embeddings.detach().float()[torch.tensor(common_ids)] if common_ids else embeddings.detach().float()
+    return rows.std(dim=0), rows.mean(dim=0)  # (d,), (d,)
+
+
+def _warm_prompt(config: MethodConfig, warm: torch.Tensor, embeddings: torch.Tensor, common_ids: list[int],
+                 generator: torch.Generator) -> PromptModule:
+    """A module that starts at the given prompt (l, d), or as near as its form allows."""
     if isinstance(config, LampConfig):
-        # validate_spec refuses init="paper" here: Q = S would start C at U S^2 V^T, not at the source prompt.
+        # validate_spec refuses init="paper" for a warm start: Q = S would start C at U S^2 V^T, not at the source.
         return LampPrompt(config, warm)
     if isinstance(config, DptConfig):
         return DptPrompt.from_prompt(config, warm)
+    if isinstance(config, ResidualPtConfig):
+        return ResidualPrompt(config, warm, generator)
+    if isinstance(config, UlptConfig):
+        return UlptPrompt.fitted(config, warm, *_vocab_stats(embeddings, common_ids), generator)
     return SoftPrompt(config, warm)
 
 
@@ -111,10 +136,16 @@ def prompt_module(config: MethodConfig, params: dict[str, torch.Tensor]) -> Prom
     """The method's module holding saved parameters (an artifact's, a snapshot's): `.dense()` gives C (l, d),
     calling it the pooled prompt P' the backbone sees."""
     module: PromptModule
+    placeholder = torch.Generator().manual_seed(0)  # every tensor is replaced by the saved one below
     if isinstance(config, DptConfig):
-        module = DptPrompt(config, params["b"].shape[1], 1.0, torch.Generator().manual_seed(0))
+        module = DptPrompt(config, params["b"].shape[1], 1.0, placeholder)
     elif isinstance(config, LampConfig):
         module = LampPrompt(config, torch.zeros(config.length, params["v"].shape[0]))  # v: (d, r)
+    elif isinstance(config, ResidualPtConfig):
+        module = ResidualPrompt(config, torch.zeros_like(params["prompt"]), placeholder)
+    elif isinstance(config, UlptConfig):
+        hidden = params["scale"].shape[0]
+        module = UlptPrompt(config, torch.ones(hidden), torch.zeros(hidden), placeholder)
     else:
         module = SoftPrompt(config, params["prompt"])
     module.load_state_dict(params)
