@@ -88,7 +88,9 @@ def test_predict_answers_with_label_scores(trained: tuple[Path, dict[str, object
 
 def test_params_json() -> None:
     proc = lamp("params", "--hidden-size", "4096", "--length", "10000", "--rank", "8", "--json")
-    assert json.loads(proc.stdout) == {"lamp": 112_776, "prompt-tuning": 40_960_000, "dpt": 112_768}
+    # residual-pt: l*d + (d*m + m) + (m*d + d) + 2d with m = 400; ulpt: l*r + 2d
+    assert json.loads(proc.stdout) == {"lamp": 112_776, "prompt-tuning": 40_960_000, "dpt": 112_768,
+                                       "residual-pt": 44_249_488, "ulpt": 88_192}
 
 
 def test_bad_settings_exit_with_a_message_not_a_traceback(tiny_llama_dir: Path) -> None:
