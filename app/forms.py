@@ -14,13 +14,15 @@ from core.errors import ConfigError, DataError, LampError, ProblemsError
 from core.inputs import check_inputs
 from core.methods import METHODS, LampConfig, method_config
 from core.spec import (
-    DEFAULT_LR,
     DEFAULT_METHOD,
     DEFAULT_STEPS,
+    PAPER,
+    RECIPES,
     DataConfig,
     ModelConfig,
     RunSpec,
     TrainConfig,
+    recipe_words,
     validate_spec,
 )
 from core.tasks import BUILTIN_TASKS
@@ -33,9 +35,11 @@ SOURCES = ("built-in task", OWN_DATA)
 FIELDS = (
     "model", "dtype", "quantize", "source", "task", "data_file", "text_column", "template", "label_column", "kind",
     "method", "length", "rank", "pool", "steps", "batch_size", "lr", "weight_decay", "max_length", "eval_every",
-    "seed", "device", "max_attempts", "init_from", "data_dir", "strict",
+    "seed", "device", "max_attempts", "init_from", "data_dir", "strict", "lr_scaling", "prompt_init",
 )
 _M, _D, _T, _LAMP = ModelConfig(), DataConfig(), TrainConfig(), LampConfig()
+RECIPE_CHOICE = "method's default"
+"""The lr-scaling / prompt-start value that leaves the choice to the method's recipe (core.spec.RECIPES)."""
 """The settings' own defaults (core.spec, core.methods): the form starts from them, so each is written once."""
 DEFAULTS: dict[str, Any] = {
     "model": _M.name, "dtype": _M.dtype, "quantize": _M.quantize, "source": "built-in task", "data_dir": None,
@@ -43,9 +47,10 @@ DEFAULTS: dict[str, Any] = {
     "method": DEFAULT_METHOD, "length": _LAMP.length, "rank": _LAMP.rank, "pool": _LAMP.pool,
     "steps": DEFAULT_STEPS, "batch_size": _T.batch_size, "lr": "", "weight_decay": _T.weight_decay,
     "max_length": _T.max_length, "eval_every": _T.eval_every, "seed": _T.seed, "device": _T.device,
-    "max_attempts": DEFAULT_MAX_ATTEMPTS, "init_from": "", "strict": _D.strict,
+    "max_attempts": DEFAULT_MAX_ATTEMPTS, "init_from": "", "strict": _D.strict, "lr_scaling": RECIPE_CHOICE,
+    "prompt_init": RECIPE_CHOICE,
 }
-_RUN = {"steps": DEFAULT_STEPS, "batch_size": _T.batch_size}
+_RUN = {"steps": DEFAULT_STEPS, "batch_size": _T.batch_size, "lr_scaling": RECIPE_CHOICE, "prompt_init": RECIPE_CHOICE}
 """What the baselines share with the measured default run."""
 
 
@@ -58,18 +63,18 @@ class Preset:
 
 PRESETS = {
     p.label: p for p in (
-        Preset("Measured default", f"LAMP l={_LAMP.length}, r={_LAMP.rank}, p={_LAMP.pool}, lr "
-               f"{DEFAULT_LR[DEFAULT_METHOD]}, {DEFAULT_STEPS} steps: the settings measured on the default model "
-               "(README, Choosing defaults).",
+        Preset("Measured default", f"LAMP l={_LAMP.length}, r={_LAMP.rank}, p={_LAMP.pool}, {DEFAULT_STEPS} steps, "
+               f"{recipe_words(DEFAULT_METHOD)}: the settings measured on the offline models (README, Choosing "
+               "defaults).",
                {"method": DEFAULT_METHOD, "length": _LAMP.length, "rank": _LAMP.rank, "pool": _LAMP.pool,
                 "lr": None, **_RUN, "max_length": _T.max_length, "eval_every": _T.eval_every}),
         Preset("Quick look", "A short LAMP run (l=20, p=1, 40 steps) to check data and settings in a few minutes.",
                {"method": "lamp", "length": 20, "rank": 4, "pool": 1, "lr": None, "steps": 40, "batch_size": 8,
-                "max_length": 128, "eval_every": 20}),
+                "max_length": 128, "eval_every": 20, "lr_scaling": RECIPE_CHOICE, "prompt_init": RECIPE_CHOICE}),
         Preset("Paper (T5 recipe)", "The paper's T5 settings: l=100, r=8, lr 0.3, batch 16, max length 256. lr 0.3 "
                "diverges on small decoder-only models such as the default one.",
-               {"method": "lamp", "length": 100, "rank": 8, "pool": 1, "lr": 0.3, "steps": 150, "batch_size": 16,
-                "max_length": 256, "eval_every": 50}),
+               {"method": "lamp", "length": 100, "rank": 8, "pool": 1, "lr": PAPER.lr, "steps": 150, "batch_size": 16,
+                "max_length": 256, "eval_every": 50, "lr_scaling": PAPER.lr_scaling, "prompt_init": PAPER.prompt_init}),
         Preset("Prompt tuning baseline", f"Vanilla soft prompt (Lester et al. 2021), l={_LAMP.length}.",
                {"method": "prompt-tuning", "length": _LAMP.length, "lr": None, **_RUN}),
         Preset("DPT baseline", f"P = A B with random A (l x r), B (r x d) (Xiao et al. 2023), l={_LAMP.length}, "
@@ -93,7 +98,8 @@ FIELD_OF_SETTING = {
     "length": "length", "rank": "rank", "pool": "pool", "steps": "steps", "epochs": "steps",
     "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay", "max_length": "max_length",
     "eval_every": "eval_every", "checkpoint_every": "eval_every", "seed": "seed", "device": "device",
-    "init_from": "init_from", "max_attempts": "max_attempts",
+    "init_from": "init_from", "max_attempts": "max_attempts", "lr_scaling": "lr_scaling", "prompt_init": "prompt_init",
+    "prompt_init_text": "prompt_init",
 }
 """core's settings (the names its problems carry) -> the form field a person has to change."""
 
@@ -221,8 +227,14 @@ def _train_config(ints: dict[str, int | None], floats: dict[str, float | None], 
                        weight_decay=weight_decay if weight_decay is not None else _T.weight_decay,
                        max_length=ints["max_length"] or 0, eval_every=ints["eval_every"] or 0,
                        checkpoint_every=min(_T.checkpoint_every, ints["eval_every"] or _T.checkpoint_every),
-                       seed=ints["seed"] or 0,
-                       init_from=init_from, device=str(v["device"]))
+                       seed=ints["seed"] or 0, init_from=init_from, device=str(v["device"]),
+                       lr_scaling=_recipe_choice(v["lr_scaling"]),  # type: ignore[arg-type]
+                       prompt_init=_recipe_choice(v["prompt_init"]))  # type: ignore[arg-type]
+
+
+def _recipe_choice(value: Any) -> str | None:
+    """None (the method's recipe decides) for the form's "method's default" or an empty value."""
+    return None if value in (None, "", RECIPE_CHOICE) else str(value)
 
 
 def _checked(problems: dict[str, str], name: str, check: Any, value: Any, allowed: Any) -> Any:
@@ -318,8 +330,8 @@ def preset_values(label: str) -> dict[str, Any]:
 
 
 def default_lr_note(method: str) -> str:
-    lr = DEFAULT_LR.get(method, DEFAULT_LR[DEFAULT_METHOD])
-    return f"empty = {lr} (measured default for {method})"
+    known = method if method in RECIPES else DEFAULT_METHOD
+    return f"empty = the measured default for {known}: {recipe_words(known)}"
 
 
 __all__ = ["DEFAULTS", "FIELDS", "METHODS", "PRESETS", "FormError", "field_of", "param_summary", "settings_from_form",

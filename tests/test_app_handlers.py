@@ -132,6 +132,22 @@ def test_presets_fill_only_form_fields() -> None:
         forms.preset_values("nope")
 
 
+def test_the_form_passes_the_recipe_choices_and_the_paper_preset_is_the_papers() -> None:
+    """"method's default" leaves lr scaling and the start to the method's recipe; a choice overrides it; the
+    Paper preset is the paper's absolute rate and common-token start, not lr 0.3 relative to each tensor's size."""
+    spec, _ = forms.spec_from_form(_form())
+    assert (spec.train.lr_scaling, spec.train.prompt_init) == (None, None)
+    spec, _ = forms.spec_from_form(_form(lr_scaling="absolute", prompt_init="vocab"))
+    assert (spec.train.lr_scaling, spec.train.prompt_init) == ("absolute", "vocab")
+    paper, _ = forms.spec_from_form(_form(**forms.preset_values("Paper (T5 recipe)")))
+    assert (paper.train.lr, paper.train.lr_scaling, paper.train.prompt_init) == (0.3, "absolute", "vocab")
+    back = forms.preset_values("Measured default")  # a preset after the paper's resets the choices
+    assert (back["lr"], back["lr_scaling"], back["prompt_init"]) == ("", forms.RECIPE_CHOICE, forms.RECIPE_CHOICE)
+    with pytest.raises(forms.FormError) as info:
+        forms.spec_from_form(_form(prompt_init="words"))
+    assert set(info.value.problems) == {"prompt_init"}
+
+
 def test_parameter_count_follows_the_formulas(tiny_llama_dir: Path, access: Access) -> None:
     text = forms.param_summary("default", "lamp", 100, 8, 4)
     assert f"{LampConfig(100, 8, 4).trainable_params(576):,}" in text and "**25** prompt tokens" in text

@@ -15,7 +15,7 @@ from app.settings import ServeSettings
 from app.uploads import accept_upload, guess_columns
 from core.errors import DataError, LampError, StorageError
 from core.methods import METHODS
-from core.spec import DEFAULT_LR, DEFAULT_METHOD
+from core.spec import DEFAULT_METHOD, recipe_words
 from core.tasks import BUILTIN_TASKS
 
 INFO = {
@@ -34,7 +34,11 @@ INFO = {
     "pool": "p: LAMP averages blocks of p tokens; the model sees l/p",
     "steps": "optimizer steps",
     "batch_size": "examples per step (the paper: 16)",
-    "lr": f"learning rate; empty = the measured default ({DEFAULT_LR[DEFAULT_METHOD]})",
+    "lr": f"learning rate; empty = the measured default ({recipe_words(DEFAULT_METHOD)})",
+    "lr_scaling": "relative: each trained tensor's rate is the learning rate times its starting RMS; absolute: one "
+                  "rate for all",
+    "prompt_init": "text: the prompt starts from the task's words (an instruction with the label words); vocab: "
+                   "from sampled common tokens",
     "weight_decay": "AdamW weight decay (the paper: 1e-5)",
     "max_length": "longest input in tokens, prompt excluded (the paper: 256)",
     "eval_every": "steps between evaluations (also the checkpoint cadence, at most 25)",
@@ -124,6 +128,10 @@ def build(settings: ServeSettings) -> NewJobTab:
         c["batch_size"] = gr.Number(d["batch_size"], label="Batch size", precision=0, info=INFO["batch_size"],
                                     elem_id="field-batch-size")
         c["lr"] = gr.Textbox("", label="Learning rate", info=INFO["lr"], elem_id="field-lr", placeholder="default")
+        c["lr_scaling"] = gr.Dropdown([forms.RECIPE_CHOICE, "relative", "absolute"], value=d["lr_scaling"],
+                                      label="LR scaling", info=INFO["lr_scaling"], elem_id="field-lr-scaling")
+        c["prompt_init"] = gr.Dropdown([forms.RECIPE_CHOICE, "text", "vocab"], value=d["prompt_init"],
+                                       label="Prompt start", info=INFO["prompt_init"], elem_id="field-prompt-init")
         c["weight_decay"] = gr.Number(d["weight_decay"], label="Weight decay", info=INFO["weight_decay"],
                                       elem_id="field-weight-decay")
         c["max_length"] = gr.Number(d["max_length"], label="Max length", precision=0, info=INFO["max_length"],
