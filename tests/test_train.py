@@ -12,7 +12,16 @@ from safetensors.torch import load_file
 from core.errors import Cancelled, ConfigError, TrainingDiverged
 from core.events import Event
 from core.methods import method_config
-from core.spec import DataConfig, ModelConfig, RunSpec, TrainConfig, spec_from_dict, spec_to_dict, validate_spec
+from core.spec import (
+    RECIPES,
+    DataConfig,
+    ModelConfig,
+    RunSpec,
+    TrainConfig,
+    spec_from_dict,
+    spec_to_dict,
+    validate_spec,
+)
 from core.train import fit, lr_at
 
 
@@ -44,7 +53,9 @@ def test_fit_writes_a_complete_artifact(family: str, method: str, tiny_dirs: dic
     assert manifest["trainable_params"] == result.trainable_params == spec.method.trainable_params(32)
     prompt = load_file(str(out / "prompt.safetensors"))["prompt"]
     assert prompt.shape == (spec.method.prompt_tokens, 32)
-    assert len(manifest["init_token_ids"]) == (0 if method in ("dpt", "ulpt") else spec.method.length)
+    text_start = RECIPES[method].prompt_init == "text"  # a text start records its l ids; DPT's and ULPT's random
+    expected = spec.method.length if text_start or method not in ("dpt", "ulpt") else 0  # starts none
+    assert len(manifest["init_token_ids"]) == expected
     kinds = [e.kind for e in events if e.kind != "phase"]  # phases: test_phases_say_what_the_run_is_doing
     assert kinds[0] == "start" and kinds[-1] == "done"
     assert kinds.count("step") == 6 and kinds.count("eval") == 2 and kinds.count("test") == 1
@@ -122,7 +133,8 @@ def test_nan_loss_stops_with_a_clear_error(tiny_llama_dir: Path, sentiment_csv: 
 
 def test_norm_warning_when_the_prompt_blows_up(tiny_llama_dir: Path, sentiment_csv: Path, tmp_path: Path) -> None:
     events: list[Event] = []
-    spec = _spec(tiny_llama_dir, sentiment_csv, "prompt-tuning", lr=5.0, steps=4, grad_clip=0.0)
+    spec = _spec(tiny_llama_dir, sentiment_csv, "prompt-tuning", lr=5.0, lr_scaling="absolute", steps=4,
+                 grad_clip=0.0)
     fit(spec, tmp_path, on_event=events.append)
     warnings = [e for e in events if e.kind == "warning"]
     assert warnings and "norm" in warnings[0].data["message"]
