@@ -75,7 +75,9 @@ PRESETS = {
                "diverges on small decoder-only models such as the default one.",
                {"method": "lamp", "length": 100, "rank": 8, "pool": 1, "lr": PAPER.lr, "steps": 150, "batch_size": 16,
                 "max_length": 256, "eval_every": 50, "lr_scaling": PAPER.lr_scaling, "prompt_init": PAPER.prompt_init}),
-        Preset("Prompt tuning baseline", f"Vanilla soft prompt (Lester et al. 2021), l={_LAMP.length}.",
+        Preset("Prompt tuning baseline", f"Vanilla soft prompt (Lester et al. 2021), l={_LAMP.length}: about a point "
+               "more accurate than LAMP at 150 steps on the offline models, with 10x its parameters and 4x the prompt "
+               "tokens (README, Choosing defaults).",
                {"method": "prompt-tuning", "length": _LAMP.length, "lr": None, **_RUN}),
         Preset("DPT baseline", f"P = A B with random A (l x r), B (r x d) (Xiao et al. 2023), l={_LAMP.length}, "
                f"r={_LAMP.rank}.", {"method": "dpt", "length": _LAMP.length, "rank": _LAMP.rank, "lr": None, **_RUN}),
