@@ -8,6 +8,7 @@ import gradio as gr
 
 from app import monitor
 from app.components import compare, jobs, new_job, playground, study
+from app.components.common import guard_handlers
 from app.settings import ServeSettings
 from jobs.models import Status
 
@@ -62,4 +63,5 @@ def build_ui(settings: ServeSettings | None = None) -> gr.Blocks:
         ui.load(open_tab_from_url, None, tabs)
         ui.load(study.study_from_url, None, sweep.study_id)
         study_tab.select(lambda: study.study_choices_update(), None, sweep.study_id)
+    guard_handlers(ui)  # no raw exception text reaches the page
     return ui

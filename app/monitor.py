@@ -176,8 +176,10 @@ def job_details(job_id: int | None) -> Details:
         lines.append(f"Test: {metrics} · trainable params **{result.trainable_params:,}** · peak memory "
                      f"{result.peak_memory_mb:,.0f} MiB · training {format_seconds(result.train_seconds)} · "
                      f"{result.examples_per_second:.1f} examples/s")
-    # No point query here: this runs on every poll, and the step, status and result say when new points arrived.
-    signature = (job.status, job.step, job.cancel_requested, job.attempts, result is not None)
+    # The points' count and last id (one indexed aggregate per poll): the final evaluation changes neither the step
+    # nor the status, and its point must still be drawn without a reload.
+    signature = (job.status, job.step, job.cancel_requested, job.attempts, result is not None,
+                 read(store.metric_mark, job_id=job.id))
     return Details("\n\n".join(lines), job.error or "", job.status in (Status.QUEUED, Status.RUNNING)
                    and not job.cancel_requested, job.status in RETRYABLE,
                    job.status == Status.SUCCEEDED, signature)
@@ -223,8 +225,14 @@ def curve_figure(job_id: int | None) -> go.Figure:
         keys = [k for k in series if k[0] == split and (name is None or k[1] == name)]
         for key in keys:
             xs, ys = series[key]
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if split == "val" else "lines",
+            single = len(xs) == 1  # a lone point on a lines-only trace is invisible: draw it, with its value
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode=("markers+text" if single else
+                                                       "lines+markers" if split == "val" else "lines"),
+                                     text=[f"{ys[0]:,.3g}"] if single else None, textposition="top center",
                                      name=f"{key[0]} {key[1]}", showlegend=split == "val"), row=row + 1, col=col + 1)
+        if split == "val" and keys and all(0 <= y <= 1 for k in keys for y in series[k][1]):
+            fig.update_yaxes(range=[0, 1.05], row=row + 1, col=col + 1)  # accuracy and friends: the whole 0-1 scale
+    fig.update_yaxes(tickformat=",~r")  # 2,390, not 2.39e+03
     fig.update_xaxes(title_text="step", row=2)
     return fig
 

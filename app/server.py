@@ -96,6 +96,13 @@ def _launch(ui: Any, settings: ServeSettings, css: str) -> None:
                           ) from None
 
 
+def _preload() -> None:
+    """The heavy libraries imported once, before the first request: two handlers importing transformers for the
+    first time at once (the cost preview and a preset, say) could see it half-initialised."""
+    import torch  # noqa: F401
+    from transformers import AutoConfig, AutoTokenizer  # noqa: F401
+
+
 def serve(settings: ServeSettings, *, block: bool = True, on_start: Callable[[str], None] | None = None) -> None:
     """Migrate the store, listen, then start the embedded worker (unless settings.worker is False: then only the
     reaper), serve until interrupted; running jobs are handed back (checkpointed and queued again) when the server
@@ -106,6 +113,7 @@ def serve(settings: ServeSettings, *, block: bool = True, on_start: Callable[[st
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     check_port(settings.host, settings.port)
     upgrade_database()
+    _preload()
     from app.interface import CSS, build_ui
 
     ui = build_ui(settings)

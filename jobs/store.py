@@ -73,6 +73,14 @@ def job_attempts(*, session: Session, job_id: int) -> list[JobAttempt]:
     return list(session.scalars(select(JobAttempt).where(JobAttempt.job_id == job_id).order_by(JobAttempt.number)))
 
 
+def metric_mark(*, session: Session, job_id: int) -> tuple[int, str]:
+    """(number of points, when the latest was written) of a job: changes whenever a point is written or
+    overwritten, for a page's poll to redraw on."""
+    count, last = session.execute(select(func.count(MetricPoint.id), func.max(MetricPoint.created_at))
+                                  .where(MetricPoint.job_id == job_id)).one()
+    return int(count or 0), str(last)
+
+
 def metric_points(*, session: Session, job_id: int, split: str | None = None, name: str | None = None,
                   after_step: int | None = None) -> list[MetricPoint]:
     query = select(MetricPoint).where(MetricPoint.job_id == job_id).order_by(MetricPoint.step, MetricPoint.id)

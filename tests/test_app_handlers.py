@@ -281,6 +281,25 @@ def test_jobs_tab_shows_status_progress_curves_and_downloads(finished_jobs_any_s
         assert any(n.endswith("adapter_config.json") for n in zf.namelist())
 
 
+def test_a_new_metric_point_redraws_and_a_lone_point_is_drawn_with_its_value(store_env: Path, tiny_llama_dir: Path,
+                                                                              sentiment_csv: Path) -> None:
+    """The final evaluation changes neither the step nor the status: the poll's signature must still change, and
+    the eval panel's one point must be visible (a marker with its value, on a 0-1 axis)."""
+    from jobs.db import transact
+    from jobs.tasks import submit
+
+    job_id = submit(tiny_spec(tiny_llama_dir, sentiment_csv))
+    transact(store.add_metrics, job_id=job_id, attempt=1, points=[store.Point(1, "train", "loss", 2.5)], fenced=False)
+    before = monitor.job_details(job_id).signature
+    transact(store.add_metrics, job_id=job_id, attempt=1, points=[store.Point(1, "val", "accuracy", 0.625)],
+             fenced=False)
+    assert monitor.job_details(job_id).signature != before
+    fig = monitor.curve_figure(job_id)
+    (val,) = [t for t in fig.data if t.name == "val accuracy"]
+    assert val.mode == "markers+text" and list(val.text) == ["0.625"]
+    assert tuple(fig.layout.yaxis2.range) == (0, 1.05)
+
+
 def test_cancel_and_retry(store_env: Path, tiny_llama_dir: Path, sentiment_csv: Path) -> None:
     from jobs.tasks import submit
 
@@ -345,18 +364,28 @@ def test_compare_table_charts_and_csv(finished_jobs: list[int]) -> None:
 
 
 def test_playground_answers_with_each_prompt_beside_the_bare_model(finished_jobs: list[int]) -> None:
+    playground._PREDICTORS.clear()
+    assert "Loading" in playground.loading_note(finished_jobs) and "first use" in playground.loading_note([1])
     table, fig = playground.ask(finished_jobs, "a wonderful film")
-    assert list(table["Job"]) == [f"#{finished_jobs[0]} lamp", f"#{finished_jobs[1]} prompt-tuning"]
-    for answer in [*table["Tuned prompt"], *table["Bare model"]]:
+    assert playground.loading_note(finished_jobs) == ""  # loaded now: nothing to warn of
+    assert list(table["Prompt"]) == [f"#{finished_jobs[0]} lamp", f"#{finished_jobs[1]} prompt-tuning",
+                                     "bare model `" + str(playground.predictor_for(finished_jobs[0]).artifact.spec
+                                                          .model.name) + "`"]  # one task, one model: bare once
+    for answer in table["Answer"]:
         assert answer in ("bad", "good")
-    scores = [float(s.split()[-1]) for s in table["Tuned scores"].iloc[0].split(", ")]
-    assert sum(scores) == pytest.approx(1.0, abs=0.02)
-    assert len(fig.data) == 4  # tuned and bare bars per job
-    for job_id, row in zip(finished_jobs, table.itertuples(index=False), strict=True):  # batched = one job alone
+    scores = [float(s.split()[-1]) for s in table["Label probabilities"].iloc[0].split(", ")]
+    assert sum(scores) == pytest.approx(1.0, abs=0.02) and all(len(s.split()[-1]) == 5 for s in
+                                                               table["Label probabilities"].iloc[0].split(", "))
+    assert [t.name for t in fig.data] == [f"#{finished_jobs[0]} lamp", f"#{finished_jobs[1]} prompt-tuning",
+                                          "bare model"]  # the bare model drawn once
+    bare_row = table.iloc[-1]
+    for job_id, row in zip(finished_jobs, table.iloc[:2].itertuples(index=False), strict=True):  # batched = alone
         predictor = playground.predictor_for(job_id)
-        alone = [predictor.predict([row[5]], use_prompt=use)[0] for use in (True, False)]
-        assert [row[1], row[2], row[3], row[4]] == [alone[0].answer, alone[1].answer, playground._scores(alone[0]),
-                                                    playground._scores(alone[1])]
+        tuned, bare = [predictor.predict([row[4]], use_prompt=use)[0] for use in (True, False)]
+        assert [row[1], row[2]] == [tuned.answer, playground._scores(tuned)]
+        assert [bare_row.iloc[1], bare_row.iloc[2]] == [bare.answer, playground._scores(bare)]
+        delta = tuned.scores[tuned.answer] - bare.scores[tuned.answer]
+        assert row[3].startswith(f"{tuned.answer} {delta:+.3f}")
     with pytest.raises(ConfigError, match="type an input"):
         playground.ask(finished_jobs, "  ")
     with pytest.raises(ConfigError, match="at most"):
@@ -369,6 +398,35 @@ def test_the_page_builds_with_its_four_tabs(store_env: Path) -> None:
     ui = build_ui()
     ids = {getattr(block, "elem_id", None) for block in ui.blocks.values()}
     assert {"tab-new", "tab-jobs", "tab-compare", "tab-playground", "launch", "job-curves", "ask"} <= ids
+
+
+def test_no_raw_exception_reaches_the_page(store_env: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Every plain handler of the page is guarded: an unexpected error is one short line in the page (its type,
+    not its text, which may name server paths) and the traceback in the server's log; the handler's signature,
+    through which Gradio finds its gr.Request, is kept."""
+    import inspect
+
+    import gradio as gr
+
+    from app.components.common import friendly
+    from app.interface import build_ui
+
+    ui = build_ui()
+    plain = [f.fn for f in ui.fns.values() if f.fn is not None and not inspect.isgeneratorfunction(f.fn)
+             and not inspect.iscoroutinefunction(f.fn)]
+    assert plain and all(getattr(fn, "_lamp_guarded", False) for fn in plain)
+
+    def handler(request: gr.Request, path: str) -> str:
+        raise ImportError("cannot import name 'AutoTokenizer' from 'transformers' (/srv/site-packages/...)")
+
+    guarded = friendly(handler)
+    assert list(inspect.signature(guarded).parameters) == ["request", "path"]
+    with pytest.raises(gr.Error) as info, caplog.at_level("ERROR", logger="app"):
+        guarded(None, "x")
+    assert "ImportError" in info.value.message and "site-packages" not in info.value.message
+    assert "AutoTokenizer" in caplog.text  # the whole story is in the log
+    with pytest.raises(gr.Error, match="at most"):
+        friendly(lambda: (_ for _ in ()).throw(ConfigError("rank: at most 8")))()
 
 
 def test_only_offered_folders_and_job_ids_can_be_named(tmp_path: Path, access: Access) -> None:

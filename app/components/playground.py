@@ -21,6 +21,7 @@ def build(settings: ServeSettings) -> gr.Dropdown:
     text = gr.Textbox(label="Input", lines=3, elem_id="playground-input",
                       placeholder="e.g. a film review, for a Rotten Tomatoes prompt")
     ask = gr.Button("Ask", variant="primary", elem_id="ask", scale=0, min_width=160)
+    note = gr.Markdown(elem_id="playground-note")
     answers = gr.Dataframe(headers=list(playground.ANSWER_COLUMNS), label="Answers", interactive=False,
                            elem_id="playground-answers", wrap=True)
     scores = gr.Plot(label="Label scores", elem_id="playground-scores")
@@ -32,8 +33,12 @@ def build(settings: ServeSettings) -> gr.Dropdown:
     @friendly
     def on_ask(ids: list[int] | None, prompt: str) -> list[Any]:
         table, fig = playground.ask(ids or [], prompt, device=settings.playground_device)
-        return [table, fig]
+        return [table, fig, ""]
+
+    def on_note(ids: list[int] | None, prompt: str) -> str:
+        return playground.loading_note(ids or []) if ids and prompt and prompt.strip() else ""
 
     refresh.click(choices, None, picker)
-    gr.on([ask.click, text.submit], on_ask, [picker, text], [answers, scores], concurrency_limit=2)
+    gr.on([ask.click, text.submit], on_note, [picker, text], note, queue=False).then(
+        on_ask, [picker, text], [answers, scores, note], concurrency_limit=2)
     return picker
