@@ -356,9 +356,15 @@ def test_compare_table_charts_and_csv(finished_jobs: list[int]) -> None:
     assert list(frame["trainable_params"]) == [counts["lamp"], counts["prompt-tuning"]]
     assert list(frame["prompt_tokens"]) == [4, 8]
     cost = compare.cost_figure(frame)
-    assert len(cost.data) == 4 and list(cost.data[0].y) == list(frame["trainable_params"])
+    bars = [t for t in cost.data if t.type == "bar"]
+    assert len(bars) == 4 and list(bars[0].y) == list(frame["trainable_params"])
+    assert list(bars[0].text) == [f"{n:,}" for n in frame["trainable_params"]]  # 2,388, not 2.39e+03
+    assert cost.layout.yaxis.type != "log" and tuple(cost.layout.yaxis4.range) == (0, 1.05)
+    assert [t.name for t in cost.data if t.showlegend is not False] == ["lamp", "prompt-tuning"]  # every method
     knobs = compare.knob_figure(frame)
     assert {t.name for t in knobs.data} == {"lamp", "prompt-tuning"}
+    assert sorted(t.name for t in knobs.data if t.showlegend) == ["lamp", "prompt-tuning"]  # PT has no rank point
+    assert "Pick two or more" in compare.empty_figure("Pick two or more succeeded jobs").layout.annotations[0].text
     rows = list(csv.DictReader(io.StringIO(Path(compare.compare_csv(frame)).read_text())))
     assert [int(r["job"]) for r in rows] == finished_jobs
 

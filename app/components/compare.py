@@ -21,7 +21,7 @@ def build() -> gr.Dropdown:
     cost = gr.Plot(label="Cost and accuracy", elem_id="compare-cost")
     knobs = gr.Plot(label="Accuracy against the knobs", elem_id="compare-knobs")
     table = gr.Dataframe(headers=compare.COLUMNS, label="The numbers behind the charts", interactive=False,
-                         elem_id="compare-table")
+                         elem_id="compare-table", wrap=True, max_height=420)
     csv = gr.File(label="CSV", interactive=False, elem_id="compare-csv")
 
     # ---- events ----
@@ -31,8 +31,9 @@ def build() -> gr.Dropdown:
     @friendly
     def on_compare(ids: list[int] | None) -> list[Any]:
         frame = compare.compare_frame(ids or [])
-        if frame.empty:
-            raise gr.Error("pick at least one succeeded job")
+        if frame.empty:  # an empty state that says what to do, not four error badges
+            hint = compare.empty_figure("Pick two or more succeeded jobs above, then Compare.")
+            return [hint, compare.empty_figure("(the knobs chart follows)"), frame, None]
         return [compare.cost_figure(frame), compare.knob_figure(frame), frame, compare.compare_csv(frame)]
 
     refresh.click(choices, None, picker)
