@@ -331,6 +331,13 @@ def preset_values(label: str) -> dict[str, Any]:
     return {k: ("" if k == "lr" and v is None else v) for k, v in preset.values.items()}
 
 
+def knobs_of(method: str) -> frozenset[str]:
+    """The knobs a method has (its config's fields): the form shows only those (prompt tuning has no rank or
+    pool, DPT no pool)."""
+    config = METHODS.get(method)
+    return frozenset(config.__dataclass_fields__) if config is not None else frozenset()
+
+
 def default_lr_note(method: str) -> str:
     known = method if method in RECIPES else DEFAULT_METHOD
     return f"empty = the measured default for {known}: {recipe_words(known)}"

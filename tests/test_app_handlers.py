@@ -148,6 +148,12 @@ def test_the_form_passes_the_recipe_choices_and_the_paper_preset_is_the_papers()
     assert set(info.value.problems) == {"prompt_init"}
 
 
+def test_the_form_shows_only_the_knobs_a_method_has() -> None:
+    assert {"rank", "pool"} <= forms.knobs_of("lamp")
+    assert "rank" in forms.knobs_of("dpt") and "pool" not in forms.knobs_of("dpt")
+    assert not {"rank", "pool"} & forms.knobs_of("prompt-tuning")
+
+
 def test_parameter_count_follows_the_formulas(tiny_llama_dir: Path, access: Access) -> None:
     text = forms.param_summary("default", "lamp", 100, 8, 4)
     assert f"{LampConfig(100, 8, 4).trainable_params(576):,}" in text and "**25** prompt tokens" in text

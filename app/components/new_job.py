@@ -196,8 +196,9 @@ def build(settings: ServeSettings) -> NewJobTab:
           show_progress="hidden", trigger_mode="always_last", concurrency_limit=2)
 
     def on_knobs(model: str, method: str, length: Any, rank: Any, pool: Any) -> list[Any]:
+        knobs = forms.knobs_of(method)
         return [forms.param_summary(model, method, length, rank, pool, settings.allowed_dirs),
-                gr.update(interactive=method != "prompt-tuning"), gr.update(interactive=method == "lamp"),
+                gr.update(visible="rank" in knobs), gr.update(visible="pool" in knobs),
                 gr.update(info=forms.default_lr_note(method))]
 
     knob_inputs = [c["model"], c["method"], c["length"], c["rank"], c["pool"]]
