@@ -4,6 +4,7 @@ trainable-parameter count for the chosen knobs."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -111,12 +112,27 @@ def field_of(setting: str | None) -> str:
     return FIELD_OF_SETTING.get(setting or "", "")
 
 
+FORM_WORDS = {
+    "--rank": "Rank", "--length": "Prompt length", "--pool": "Pool", "--lr": "Learning rate", "--steps": "Steps",
+    "--epochs": "Steps", "--batch-size": "Batch size", "--max-length": "Max length", "--eval-every": "Evaluate every",
+    "--text-column": "Text column", "--label-column": "Label column", "--template": "Template", "--seed": "Seed",
+    "--init-from": "Start from job", "--quantize": "Quantize", "--dtype": "dtype", "--device": "Device",
+    "--kind": "Kind", "--strict": "Strict", "--lr-scaling": "LR scaling", "--prompt-init": "Prompt start",
+}
+"""core's messages name CLI flags; in the browser they name the form's fields."""
+
+
+def form_words(message: str) -> str:
+    """A core message with each CLI flag it names replaced by the form field's label."""
+    return re.sub(r"--[a-z][a-z-]*", lambda m: FORM_WORDS.get(m.group(0), m.group(0)), message)
+
+
 def _add(problems: dict[str, str], error: ProblemsError, rename: tuple[str, str] | None = None) -> None:
     """Each of the error's problems under the field of its setting (several on one field are joined); `rename`
     replaces a path in the messages (the server's copy of an upload -> the name the user gave it)."""
     for setting, message in error.problems:
         key = field_of(setting)
-        text = message.replace(*rename) if rename else message
+        text = form_words(message.replace(*rename) if rename else message)
         problems[key] = f"{problems[key]}; {text}" if key in problems else text
 
 

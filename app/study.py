@@ -8,9 +8,9 @@ import math
 from typing import Any
 
 from app.access import Access
-from app.forms import DEFAULTS, FormError, spec_from_form
+from app.forms import DEFAULTS, FormError, form_words, spec_from_form
 from app.settings import export_csv
-from core.errors import ConfigError
+from core.errors import ConfigError, LampError
 from core.spec import DEFAULT_STEPS, DataConfig, RunSpec
 from jobs.db import read
 from jobs.store import list_studies
@@ -110,6 +110,7 @@ def plan_from_form(values: dict[str, Any], access: Access | None = None) -> Stud
         found: dict[str, str] = {}
         for setting, message in exc.problems:
             key = _PLAN_FIELD.get(setting or "", setting if setting in STUDY_FIELDS else "name")
+            message = form_words(message)
             found[key] = f"{found[key]}; {message}" if key in found else message
         raise FormError(found) from exc
 
@@ -124,8 +125,39 @@ def plan_text(plan: StudyPlan) -> str:
             else f"**{plan.n_trials}** trials chosen by {plan.sampler} among {len(settings)} distinct runs")
     why = f" ({skipped} combination(s) skipped as duplicates or invalid: {sorted(set(dropped))[0]})" if dropped else (
         f" ({skipped} duplicate combination(s) skipped)" if skipped else "")
+    runs = len(settings) if plan.mode == "grid" else min(plan.n_trials or 0, len(settings))
     return (f"Launching starts {what}{why}, {plan.parallel} queued at a time, each "
-            f"{plan.base.train.steps or DEFAULT_STEPS} steps; objectives {', '.join(plan.objectives)}.")
+            f"{plan.base.train.steps or DEFAULT_STEPS} steps; objectives {', '.join(plan.objectives)}. "
+            f"{plan_time(plan, settings, runs)}")
+
+
+def plan_time(plan: StudyPlan, settings: list[dict[str, Any]], runs: int) -> str:
+    """The study's training time from earlier jobs on this model and data (as the New job form's estimate), summed
+    over its runs; said plainly when there is no history to go on."""
+    import json
+
+    from app.forms import _widths
+    from core.estimate import estimate
+    from core.spec import spec_to_dict
+    from jobs.estimates import timed_from_history
+    from jobs.studies.plan import setting_spec
+
+    if not settings or not runs:
+        return ""
+    try:
+        widths = _widths(("study", plan.base.model.name, str(plan.base.data)), json.dumps(spec_to_dict(plan.base)))
+        seconds = []
+        for setting in settings[:runs]:
+            spec = setting_spec(plan.base, setting)
+            est = timed_from_history(spec, widths, estimate(spec, widths))
+            if est.run_seconds is None:
+                return "Time: no earlier job on this model and data to estimate from."
+            seconds.append(est.run_seconds)
+    except (LampError, OSError):
+        return "Time: cannot estimate here."
+    total = sum(seconds) * runs / len(seconds)
+    return (f"Training time ≈ **{total / 60:.0f} min** in all ({total / runs / 60:.1f} min a run, from earlier "
+            f"jobs; evaluation not included), less with several workers.")
 
 
 def launch(plan: StudyPlan) -> int:

@@ -413,7 +413,8 @@ def test_study_form_problems_land_beside_their_fields(tiny_llama_dir: Path, chan
     assert field in caught.value.problems and set(caught.value.problems) <= set(STUDY_FIELDS)
 
 
-def test_study_form_builds_the_plan_and_says_what_it_will_launch(tiny_llama_dir: Path, access: Any) -> None:
+def test_study_form_builds_the_plan_and_says_what_it_will_launch(sqlite_store: str, tiny_llama_dir: Path,
+                                                                  access: Any) -> None:
     from app.study import plan_from_form, plan_text
 
     plan = plan_from_form(_study_form(tiny_llama_dir, methods=["lamp", "prompt-tuning"], objectives=["time"],
@@ -422,6 +423,14 @@ def test_study_form_builds_the_plan_and_says_what_it_will_launch(tiny_llama_dir:
     assert plan.space["method"] == ["lamp", "prompt-tuning"] and plan.space["rank"] == [2, 4]
     assert plan.base.data.max_eval_examples == 8 and plan.base.train.steps == 4
     assert "a grid of **3** distinct runs" in plan_text(plan)  # prompt tuning's two ranks are one run
+    assert "each 4 steps" in plan_text(plan) and "no earlier job on this model and data" in plan_text(plan)
+    ten = plan_from_form(_study_form(tiny_llama_dir, methods=["lamp"], objectives=["time"], steps=10), access)
+    assert "each 10 steps" in plan_text(ten)  # the preview follows the steps field
+    from app.forms import FormError
+
+    with pytest.raises(FormError) as caught:  # the browser names the form's fields, not CLI flags
+        plan_from_form(_study_form(tiny_llama_dir, ranks="64", lengths="8"), access)
+    assert "--rank" not in caught.value.problems["ranks"] and "Rank" in caught.value.problems["ranks"]
 
 
 def test_study_tab_shows_fronts_links_tables_and_the_recommendation(sqlite_store: str, tiny_llama_dir: Path,

@@ -150,9 +150,9 @@ def build(settings: ServeSettings) -> StudyTab:
         return [*_field_updates({}), gr.update(choices=handlers.study_choices(), value=study),
                 f"Study **#{study}** launched", gr.skip()]
 
-    for name in ("methods", "lengths", "ranks", "pools", "lrs", "seeds", "mode", "trials", "objectives"):
+    for name in handlers.STUDY_FIELDS:  # every field: the preview's steps and time follow the form
         c[name].change(on_plan, inputs, [*inputs, plan_note], show_progress="hidden",
-                       api_name="study_plan" if name == "methods" else None)
+                       api_name="study_plan" if name == "methods" else None, trigger_mode="always_last")
     launch.click(on_launch, inputs, [*inputs, picker, launched, plan_note], api_name="study_launch")
     # Trials and sampler only mean something for a budget.
     c["mode"].change(lambda mode: [gr.update(interactive=mode == "budget")] * 2, c["mode"],
