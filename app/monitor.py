@@ -93,9 +93,15 @@ def status_text(job: Job, now: datetime | None = None) -> str:
 
 
 def progress(job: Job) -> str:
+    """Steps done, and while the job runs what it is doing beyond training (loading, validating, testing n/N,
+    writing): a job whose steps are all done is not done until it has been tested."""
+    phase = store.phase_of(job)
+    doing = store.phase_text(phase) if phase and phase.get("phase") != "training" else ""
     if not job.total_steps:
-        return "-" if job.status == Status.QUEUED else str(job.step)
-    return f"{job.step}/{job.total_steps} ({job.step / job.total_steps:.0%})"
+        steps = "-" if job.status == Status.QUEUED else str(job.step)
+    else:
+        steps = f"{job.step}/{job.total_steps} ({job.step / job.total_steps:.0%})"
+    return f"{steps} · {doing}" if doing else steps
 
 
 def job_row(job: Job, result: Result | None, now: datetime | None = None) -> list[Any]:

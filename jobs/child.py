@@ -70,10 +70,15 @@ class MetricWriter:
         self.last_flush = time.monotonic()
         self.fenced = False
         """Set when the store refused a write: the job is no longer this attempt's."""
+        self.phase: dict[str, Any] = {}
+        self.phase_written = 0.0
 
     def __call__(self, event: Any) -> None:
         if event.kind == "start":
             self._start(event.data.get("resumed_from"), event.total_steps, event.data.get("data"))
+            return
+        if event.kind == "phase":
+            self._phase(event.data)
             return
         new = event_points(event.kind, event.step, event.data)
         self.points += new
@@ -92,6 +97,19 @@ class MetricWriter:
             self.points = history_points(self.out_dir / "history.jsonl", resumed_from)
             self.step = resumed_from
             self.flush()
+
+    def _phase(self, data: dict[str, Any]) -> None:
+        """A phase starts (written at once, with the points so far), or its progress moves (at most one write per
+        FLUSH_SECONDS / 4)."""
+        phase = {k: data[k] for k in ("phase", "done", "total") if data.get(k) is not None}
+        started = phase.get("phase") != self.phase.get("phase")
+        if self.fenced or (not started and time.monotonic() - self.phase_written < FLUSH_SECONDS / 4
+                           and phase.get("done") != phase.get("total")):
+            return
+        self.flush()
+        self.fenced = self.fenced or not transact(store.set_phase, url=self.url, job_id=self.job_id,
+                                                  attempt=self.attempt, phase=phase)
+        self.phase, self.phase_written = phase, time.monotonic()
 
     def flush(self) -> None:
         if self.fenced or (not self.points and self.step is None):

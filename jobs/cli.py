@@ -32,7 +32,11 @@ def _age(iso: str | None) -> str:
 
 
 def _row(job: dict[str, Any]) -> list[str]:
+    from jobs.store import phase_text
+
     step = f"{job['step']}/{job['total_steps']}" if job["total_steps"] else str(job["step"] or "-")
+    if job.get("phase") and job["phase"].get("phase") != "training":  # what the evaluation steps are doing
+        step += f" {phase_text(job['phase'])}"
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in (job.get("metrics") or {}).items())
     error = (job["error"] or "").splitlines()[-1:] if job["status"] != "SUCCEEDED" else []
     note = metrics or (error[0][:60] if error else "")

@@ -94,6 +94,9 @@ class Job(Base):
     data_report: Mapped[dict[str, Any] | None]
     """What training left out of or added to the user's data (rows skipped, labels added; core.tasks.TaskData
     .data_report), written when an attempt starts; None before that, or when nothing was."""
+    phase: Mapped[dict[str, Any] | None]
+    """What the running attempt is doing: {"phase": "loading" | "training" | "validating" | "testing" | "writing",
+    "done": n, "total": N} (progress within the phase, for the evaluations); None before it starts."""
 
     __table_args__ = (Index("ix_jobs_status_lease", "status", "lease_expires_at"),)
 

@@ -119,6 +119,12 @@ def _fence(job_id: int, attempt: int) -> ColumnElement[bool]:
     return and_(Job.id == job_id, Job.status == Status.RUNNING, Job.attempts == attempt)
 
 
+def set_phase(*, session: Session, job_id: int, attempt: int, phase: dict[str, Any]) -> bool:
+    """Record what the running attempt is doing (fenced: nothing is written once the job is not this attempt's)."""
+    done = session.execute(update(Job).where(_fence(job_id, attempt)).values(phase=phase).returning(Job.id))
+    return done.scalar_one_or_none() is not None
+
+
 def _update_attempt(session: Session, job_id: int, attempt: int, **values: Any) -> None:
     session.execute(update(JobAttempt).where(JobAttempt.job_id == job_id, JobAttempt.number == attempt)
                     .values(**values))
@@ -269,6 +275,19 @@ def request_cancel(*, session: Session, job_id: int) -> Job:
     return job
 
 
+def phase_of(job: Job) -> dict[str, Any] | None:
+    """The job's phase while it runs; None once it has ended or before it starts."""
+    return job.phase if job.status == Status.RUNNING and job.phase else None
+
+
+def phase_text(phase: dict[str, Any] | None) -> str:
+    """"testing 128/300", "loading", ...: a phase as a person reads it ("" for none)."""
+    if not phase:
+        return ""
+    done, total = phase.get("done"), phase.get("total")
+    return f"{phase['phase']} {done}/{total}" if done is not None and total else str(phase["phase"])
+
+
 def job_summary(job: Job, result: Result | None = None) -> dict[str, Any]:
     """A JSON-able view of a job for `lamp jobs --json` and the dashboard."""
     spec = job.spec
@@ -279,7 +298,7 @@ def job_summary(job: Job, result: Result | None = None) -> dict[str, Any]:
         "method": spec.get("method", {}).get("name"), "model": spec.get("model", {}).get("name"),
         "task": data.get("task") or data.get("train_file"), "worker": job.worker,
         "cancel_requested": job.cancel_requested, "error": job.error, "artifact": job.artifact,
-        "data_report": job.data_report,
+        "data_report": job.data_report, "phase": phase_of(job),
     }
     for name in ("created_at", "started_at", "finished_at", "heartbeat_at"):
         value = getattr(job, name)

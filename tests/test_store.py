@@ -118,6 +118,30 @@ def test_metric_batches_upsert_and_progress(db: str) -> None:
     assert read(store.job_attempts, job_id=job_id)[0].last_step == 3
 
 
+def test_a_running_job_reports_its_phase_through_the_training_processs_writer(db: str, tmp_path: Path) -> None:
+    """The phase events fit() emits reach the store as the job's phase (the page and `lamp jobs` show it: a job
+    whose steps are all done is still testing); a stale attempt writes none, and an ended job has none."""
+    from app.monitor import progress
+    from core.events import Event
+    from jobs.child import MetricWriter
+
+    job_id = _new_job()
+    n = _claim(job_id)
+    writer = MetricWriter(job_id, n, db, tmp_path)
+    writer(Event("start", 0, 4, {}))
+    writer(Event("phase", 4, 4, {"phase": "testing", "done": 64, "total": 300}))
+    job = read(store.get_job, job_id=job_id)
+    assert job is not None and job.phase == {"phase": "testing", "done": 64, "total": 300}
+    assert store.job_summary(job)["phase"] == job.phase and progress(job).endswith("· testing 64/300")
+    writer(Event("phase", 4, 4, {"phase": "writing"}))  # a new phase is written at once
+    job = read(store.get_job, job_id=job_id)
+    assert job is not None and job.phase == {"phase": "writing"} and progress(job).endswith("· writing")
+    assert not transact(store.set_phase, job_id=job_id, attempt=n + 1, phase={"phase": "loading"})  # fenced
+    assert transact(store.finish_job, job_id=job_id, attempt=n, status=Status.SUCCEEDED, result=None)
+    job = read(store.get_job, job_id=job_id)
+    assert job is not None and store.job_summary(job)["phase"] is None and "·" not in progress(job)
+
+
 def test_crashes_requeue_until_max_attempts_then_fail_with_the_reason(db: str) -> None:
     job_id = _new_job(max_attempts=2)
     n = _claim(job_id)
