@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ FIELDS = (
     "model", "dtype", "quantize", "source", "task", "data_file", "text_column", "template", "label_column", "kind",
     "method", "length", "rank", "pool", "steps", "batch_size", "lr", "weight_decay", "max_length", "eval_every",
     "seed", "device", "max_attempts", "init_from", "data_dir", "strict", "lr_scaling", "prompt_init",
+    "max_test_examples",
 )
 _M, _D, _T, _LAMP = ModelConfig(), DataConfig(), TrainConfig(), LampConfig()
 RECIPE_CHOICE = "method's default"
@@ -49,9 +50,12 @@ DEFAULTS: dict[str, Any] = {
     "steps": DEFAULT_STEPS, "batch_size": _T.batch_size, "lr": "", "weight_decay": _T.weight_decay,
     "max_length": _T.max_length, "eval_every": _T.eval_every, "seed": _T.seed, "device": _T.device,
     "max_attempts": DEFAULT_MAX_ATTEMPTS, "init_from": "", "strict": _D.strict, "lr_scaling": RECIPE_CHOICE,
-    "prompt_init": RECIPE_CHOICE,
+    "prompt_init": RECIPE_CHOICE, "max_test_examples": "",
 }
-_RUN = {"steps": DEFAULT_STEPS, "batch_size": _T.batch_size, "lr_scaling": RECIPE_CHOICE, "prompt_init": RECIPE_CHOICE}
+_RUN = {"steps": DEFAULT_STEPS, "batch_size": _T.batch_size, "lr_scaling": RECIPE_CHOICE, "prompt_init": RECIPE_CHOICE,
+        "max_test_examples": ""}
+QUICK_TEST_EXAMPLES = 100
+"""Test examples a Quick look scores (the whole split of Rotten Tomatoes is 1,000: minutes on a CPU)."""
 """What the baselines share with the measured default run."""
 
 
@@ -69,13 +73,16 @@ PRESETS = {
                "defaults).",
                {"method": DEFAULT_METHOD, "length": _LAMP.length, "rank": _LAMP.rank, "pool": _LAMP.pool,
                 "lr": None, **_RUN, "max_length": _T.max_length, "eval_every": _T.eval_every}),
-        Preset("Quick look", "A short LAMP run (l=20, p=1, 40 steps) to check data and settings in a few minutes.",
+        Preset("Quick look", f"A short LAMP run (l=20, p=1, 40 steps, the first {QUICK_TEST_EXAMPLES} test examples "
+               "scored) to check data and settings in a few minutes.",
                {"method": "lamp", "length": 20, "rank": 4, "pool": 1, "lr": None, "steps": 40, "batch_size": 8,
-                "max_length": 128, "eval_every": 20, "lr_scaling": RECIPE_CHOICE, "prompt_init": RECIPE_CHOICE}),
+                "max_length": 128, "eval_every": 20, "lr_scaling": RECIPE_CHOICE, "prompt_init": RECIPE_CHOICE,
+                "max_test_examples": QUICK_TEST_EXAMPLES}),
         Preset("Paper (T5 recipe)", "The paper's T5 settings: l=100, r=8, lr 0.3, batch 16, max length 256. lr 0.3 "
                "diverges on small decoder-only models such as the default one.",
                {"method": "lamp", "length": 100, "rank": 8, "pool": 1, "lr": PAPER.lr, "steps": 150, "batch_size": 16,
-                "max_length": 256, "eval_every": 50, "lr_scaling": PAPER.lr_scaling, "prompt_init": PAPER.prompt_init}),
+                "max_length": 256, "eval_every": 50, "lr_scaling": PAPER.lr_scaling, "prompt_init": PAPER.prompt_init,
+                "max_test_examples": ""}),
         Preset("Prompt tuning baseline", f"Vanilla soft prompt (Lester et al. 2021), l={_LAMP.length}: about a point "
                "more accurate than LAMP at 150 steps on the offline models, with 10x its parameters and 4x the prompt "
                "tokens (README, Choosing defaults).",
@@ -102,7 +109,7 @@ FIELD_OF_SETTING = {
     "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay", "max_length": "max_length",
     "eval_every": "eval_every", "checkpoint_every": "eval_every", "seed": "seed", "device": "device",
     "init_from": "init_from", "max_attempts": "max_attempts", "lr_scaling": "lr_scaling", "prompt_init": "prompt_init",
-    "prompt_init_text": "prompt_init",
+    "prompt_init_text": "prompt_init", "max_test_examples": "max_test_examples",
 }
 """core's settings (the names its problems carry) -> the form field a person has to change."""
 
@@ -175,6 +182,7 @@ def settings_from_form(values: dict[str, Any], access: Access | None = None) -> 
     problems: dict[str, str] = {}
     ints = {n: _int(v, n, problems) for n in ("length", "rank", "pool", "steps", "batch_size", "max_length",
                                                "eval_every", "seed", "max_attempts")}
+    ints["max_test_examples"] = _int(v, "max_test_examples", problems, optional=True)
     floats = {n: _float(v, n, problems) for n in ("lr", "weight_decay")}
     init_from = _init_from(v["init_from"], problems)
     if problems:
@@ -187,7 +195,8 @@ def settings_from_form(values: dict[str, Any], access: Access | None = None) -> 
         method = LampConfig()
     own = v["source"] == OWN_DATA
     spec = RunSpec(model=ModelConfig(model or _M.name, v["dtype"], v["quantize"]), method=method,
-                   data=_data_config(v, own, access, problems), train=_train_config(ints, floats, init_from, v))
+                   data=replace(_data_config(v, own, access, problems), max_test_examples=ints["max_test_examples"]),
+                   train=_train_config(ints, floats, init_from, v))
     try:
         validate_spec(spec)
     except ConfigError as exc:
@@ -397,8 +406,11 @@ def cost_summary(values: dict[str, Any], access: Access | None = None) -> str:
         return f"**Cost:** cannot estimate: {str(exc).splitlines()[0]}"
     except OSError as exc:
         return f"**Cost:** cannot read the model's config or tokenizer here: {exc}"
-    time = (f"{est.seconds_per_step:.1f} s/step, about {est.run_seconds / 60:.0f} min for the run ({est.timing})"
+    time = (f"{est.seconds_per_step:.1f} s/step, about {est.run_seconds / 60:.0f} min of training ({est.timing})"
             if est.seconds_per_step is not None and est.run_seconds is not None else est.timing)
+    if est.job_seconds is not None and est.eval_seconds is not None:
+        time = (f"**about {est.job_seconds / 60:.0f} min for the whole job** (loading, validation and test "
+                f"{est.eval_seconds / 60:.0f} min) · {time}")
     return (f"**Cost ({est.device}):** sequence ≈ {est.sequence_tokens:.0f} tokens (longest "
             f"{est.longest_sequence}) · peak memory ≈ **{est.peak_mb:,.0f} MiB** (weights {est.weights_mb:,.0f} + "
             f"activations {est.activations_mb:,.0f}" + (f" + runtime {est.runtime_mb:,.0f}" if est.runtime_mb

@@ -30,15 +30,16 @@ __all__ = ["SETTINGS_COLUMNS", "pareto_figure", "pareto_figures", "settings_fram
 # The study form's inputs, in the order the handlers receive them.
 STUDY_FIELDS = (
     "name", "model", "task", "steps", "batch_size", "max_length", "eval_every", "max_eval_examples", "device",
-    "methods", "lengths", "ranks", "pools", "lrs", "seeds", "mode", "trials", "sampler", "objectives", "pruner",
-    "parallel", "tolerance",
+    "max_test_examples", "methods", "lengths", "ranks", "pools", "lrs", "seeds", "mode", "trials", "sampler",
+    "objectives", "pruner", "parallel", "tolerance",
 )
 _PLAN = StudyPlan(name="", base=RunSpec(), space={})
 """A plan's own defaults (jobs.studies.plan); the study form starts from them and from the run's."""
 STUDY_DEFAULTS: dict[str, Any] = {
     "name": "", "model": DEFAULTS["model"], "task": DEFAULTS["task"], "steps": 40, "batch_size": 8,
     "max_length": DEFAULTS["max_length"], "eval_every": 20, "max_eval_examples": DataConfig.max_eval_examples,
-    "device": DEFAULTS["device"], "methods": [DEFAULTS["method"]], "lengths": "20, 100", "ranks": "4, 8",
+    "device": DEFAULTS["device"], "max_test_examples": 200, "methods": [DEFAULTS["method"]], "lengths": "20, 100",
+    "ranks": "4, 8",
     "pools": "1, 4", "lrs": "", "seeds": str(DEFAULTS["seed"]), "mode": _PLAN.mode, "trials": 8,
     "sampler": _PLAN.sampler, "objectives": list(_PLAN.objectives[1:]), "pruner": _PLAN.pruner, "parallel": "",
     "tolerance": _PLAN.tolerance * 100,
@@ -81,9 +82,11 @@ def plan_from_form(values: dict[str, Any], access: Access | None = None) -> Stud
     if base is not None:
         from dataclasses import replace
 
-        max_eval = values.get("max_eval_examples")
+        max_eval, max_test = values.get("max_eval_examples"), values.get("max_test_examples")
         if max_eval not in (None, ""):
             base = replace(base, data=replace(base.data, max_eval_examples=int(max_eval)))
+        if max_test not in (None, ""):  # trials score a sample of the test split; the relaunch scores it all
+            base = replace(base, data=replace(base.data, max_test_examples=int(max_test)))
     objectives = ("accuracy", *[o for o in COSTS if o in (values.get("objectives") or [])])
     if len(objectives) == 1:
         problems["objectives"] = "pick at least one cost to weigh accuracy against"

@@ -102,6 +102,10 @@ class Widths:
     """Answer tokens per row (where the LM head runs)."""
     train_examples: int
     """The whole training split (for --epochs)."""
+    validation_examples: int = 0
+    """The validation split (each periodic evaluation scores up to max_eval_examples of it)."""
+    test_examples: int = 0
+    """The test split (scored once at the end, up to max_test_examples)."""
 
 
 def data_widths(spec: RunSpec) -> Widths:
@@ -123,7 +127,7 @@ def data_widths(spec: RunSpec) -> Widths:
     batches = length_bucketed_order(lengths, spec.train.batch_size, random.Random(spec.train.seed))
     widths = [max(lengths[i] for i in batch) for batch in batches if batch]
     return Widths(statistics.fmean(widths), max(widths), max(lengths), statistics.fmean(len(e.target) for e in encoded),
-                  len(task.train))
+                  len(task.train), len(task.validation), len(task.test))
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,11 @@ class Estimate:
     device: str
     seconds_per_step: float | None = None
     run_seconds: float | None = None
+    """Training steps alone."""
+    eval_seconds: float | None = None
+    """Everything else a job does (loading, the validations, the test), from earlier jobs' measured rate."""
+    job_seconds: float | None = None
+    """The whole job's wall time: run_seconds + eval_seconds."""
     timing: str = "no timing: no earlier job on this model and data; `lamp estimate --probe` measures one"
 
     def to_json(self) -> dict[str, Any]:
@@ -193,6 +202,27 @@ def estimate(spec: RunSpec, widths: Widths, *, device: str | None = None) -> Est
 def tokens_per_step(spec: RunSpec, widths: Widths) -> float:
     n = int(getattr(spec.method, "prompt_tokens", spec.method.length))
     return spec.train.batch_size * (widths.mean + n)
+
+
+def scored_examples(spec: RunSpec, widths: Widths) -> int:
+    """Examples a job scores besides training: each periodic validation and the test split at the end."""
+    from core.train import total_steps
+
+    steps = total_steps(spec, widths.train_examples)
+    every = spec.train.eval_every or steps
+    evaluations = steps // every + (0 if steps % every == 0 else 1)
+    validation = min(widths.validation_examples, spec.data.max_eval_examples or widths.validation_examples)
+    test = min(widths.test_examples, spec.data.max_test_examples or widths.test_examples) if spec.train.final_eval \
+        else 0
+    return evaluations * validation + test
+
+
+def with_eval_timing(est: Estimate, eval_seconds: float) -> Estimate:
+    """`est` with the job's time beyond training, and the whole job's."""
+    from dataclasses import replace
+
+    job = (est.run_seconds or 0.0) + eval_seconds if est.run_seconds is not None else None
+    return replace(est, eval_seconds=eval_seconds, job_seconds=job)
 
 
 def with_timing(spec: RunSpec, widths: Widths, est: Estimate, seconds_per_step: float, how: str) -> Estimate:

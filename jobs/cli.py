@@ -172,6 +172,9 @@ def cmd_estimate(a: argparse.Namespace) -> int:
     if est.seconds_per_step is not None and est.run_seconds is not None:
         rows.append(("time", f"{est.seconds_per_step:.2f} s/step, {est.run_seconds / 60:.1f} min for the run "
                      f"({est.timing})"))
+        if est.job_seconds is not None and est.eval_seconds is not None:
+            rows.append(("whole job", f"{est.job_seconds / 60:.1f} min = training {est.run_seconds / 60:.1f} + "
+                         f"loading and evaluation {est.eval_seconds / 60:.1f}"))
     else:
         rows.append(("time", est.timing))
     if probed is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 
 from core.errors import ConfigError
-from core.estimate import Estimate, Widths, tokens_per_step, with_timing
+from core.estimate import Estimate, Widths, scored_examples, tokens_per_step, with_eval_timing, with_timing
 from core.spec import RunSpec, spec_from_dict
 from jobs import store
 from jobs.db import read
@@ -22,7 +22,7 @@ def timed_from_history(spec: RunSpec, widths: Widths, est: Estimate, *, limit: i
     each scaled by tokens per step (batch x (width + prompt tokens)); unchanged when there are none."""
     jobs = read(store.list_jobs, status=Status.SUCCEEDED, limit=limit)
     results = read(store.results_for, job_ids=[j.id for j in jobs])
-    scaled, ids = [], []
+    scaled, ids, per_example = [], [], []
     for job in jobs:
         result = results.get(job.id)
         if result is None or result.steps < 1 or result.train_seconds <= 0:
@@ -36,8 +36,15 @@ def timed_from_history(spec: RunSpec, widths: Widths, est: Estimate, *, limit: i
         per_step = result.train_seconds / result.steps
         scaled.append(per_step * tokens_per_step(spec, widths) / tokens_per_step(other, widths))
         ids.append(job.id)
+        scored = scored_examples(other, widths)  # the same data: the same split sizes
+        if scored and result.total_seconds > result.train_seconds:
+            per_example.append((result.total_seconds - result.train_seconds) / scored)
     if not scaled:
         return est
     shown = ", ".join(f"#{i}" for i in ids[:5]) + (" ..." if len(ids) > 5 else "")
     how = f"from {len(ids)} earlier job(s) on this model and data ({shown}), scaled by tokens per step"
-    return with_timing(spec, widths, est, statistics.median(scaled), how)
+    timed = with_timing(spec, widths, est, statistics.median(scaled), how)
+    if not per_example:
+        return timed
+    # Loading, validations and the test, at the earlier jobs' rate per scored example (loading included in it).
+    return with_eval_timing(timed, statistics.median(per_example) * scored_examples(spec, widths))

@@ -141,6 +141,13 @@ def test_the_form_passes_the_recipe_choices_and_the_paper_preset_is_the_papers()
     assert (spec.train.lr_scaling, spec.train.prompt_init) == ("absolute", "vocab")
     paper, _ = forms.spec_from_form(_form(**forms.preset_values("Paper (T5 recipe)")))
     assert (paper.train.lr, paper.train.lr_scaling, paper.train.prompt_init) == (0.3, "absolute", "vocab")
+    quick, _ = forms.spec_from_form(_form(**forms.preset_values("Quick look")))
+    assert quick.data.max_test_examples == forms.QUICK_TEST_EXAMPLES and "100 test examples" in \
+        forms.PRESETS["Quick look"].note
+    assert paper.data.max_test_examples is None
+    with pytest.raises(forms.FormError) as bad:
+        forms.spec_from_form(_form(max_test_examples="many"))
+    assert set(bad.value.problems) == {"max_test_examples"}
     back = forms.preset_values("Measured default")  # a preset after the paper's resets the choices
     assert (back["lr"], back["lr_scaling"], back["prompt_init"]) == ("", forms.RECIPE_CHOICE, forms.RECIPE_CHOICE)
     with pytest.raises(forms.FormError) as info:

@@ -60,7 +60,8 @@ def test_time_comes_from_earlier_jobs_on_the_same_model_and_data(tmp_path: Path,
     upgrade_database(url)
     try:
         spec = tiny_spec(tiny_llama_dir, sentiment_csv)
-        widths = Widths(mean=10.0, widest=20, longest=20, label_tokens=2.0, train_examples=48)
+        widths = Widths(mean=10.0, widest=20, longest=20, label_tokens=2.0, train_examples=48,
+                        validation_examples=6, test_examples=6)
         est = estimate(spec, widths, device="cpu")
         assert timed_from_history(spec, widths, est).seconds_per_step is None  # nothing to learn from yet
         submit(spec)
@@ -68,6 +69,21 @@ def test_time_comes_from_earlier_jobs_on_the_same_model_and_data(tmp_path: Path,
         timed = timed_from_history(spec, widths, est)
         assert timed.seconds_per_step is not None and timed.seconds_per_step > 0
         assert timed.run_seconds == pytest.approx(timed.seconds_per_step * 6) and "1 earlier job" in timed.timing
+        # The whole job: training plus loading and evaluation at the earlier job's measured rate per scored example.
+        from core.estimate import scored_examples
+        from jobs import store
+        from jobs.db import read
+
+        (job,) = read(store.list_jobs)
+        result = read(store.get_result, job_id=job.id)
+        assert result is not None and timed.eval_seconds is not None and timed.job_seconds is not None
+        assert timed.eval_seconds == pytest.approx(result.total_seconds - result.train_seconds, rel=1e-6)
+        assert timed.job_seconds == pytest.approx(timed.run_seconds + timed.eval_seconds)
+        no_test = replace(spec, train=replace(spec.train, final_eval=False))
+        fewer = timed_from_history(no_test, widths, estimate(no_test, widths, device="cpu"))
+        assert fewer.eval_seconds == pytest.approx(timed.eval_seconds * scored_examples(no_test, widths)
+                                                   / scored_examples(spec, widths))
+        assert scored_examples(no_test, widths) < scored_examples(spec, widths)
         double = replace(spec, train=replace(spec.train, batch_size=8))
         scaled = timed_from_history(double, widths, estimate(double, widths, device="cpu"))
         assert scaled.seconds_per_step == pytest.approx(2 * timed.seconds_per_step)

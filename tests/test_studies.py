@@ -314,11 +314,14 @@ def test_reading_a_study_never_advances_it_and_the_workers_hooks_do(sqlite_store
 
 
 def test_the_recommendation_relaunches_on_a_larger_budget(sqlite_store: str, base: RunSpec) -> None:
+    from dataclasses import replace
+
     from jobs.studies.conduct import create_study, relaunch
     from jobs.studies.plan import StudyPlan
     from jobs.studies.views import study_view
 
-    study_id = create_study(StudyPlan(name="again", base=base, space={"rank": [1, 2]}, pruner="none"))
+    sampled = replace(base, data=replace(base.data, max_test_examples=4))  # trials score a sample of the test split
+    study_id = create_study(StudyPlan(name="again", base=sampled, space={"rank": [1, 2]}, pruner="none"))
     _run_all()
     rec = study_view(study_id).recommendation
     assert rec is not None
@@ -326,6 +329,7 @@ def test_the_recommendation_relaunches_on_a_larger_budget(sqlite_store: str, bas
     assert job is not None and job.status == Status.QUEUED
     assert job.spec["train"]["steps"] == 4 * 6
     assert job.spec["method"]["rank"] == rec.setting["rank"]
+    assert job.spec["data"]["max_test_examples"] is None  # the relaunch scores the whole split
     job2 = read(store.get_job, job_id=relaunch(study_id, steps=10))
     assert job2 is not None and job2.spec["train"]["steps"] == 10
 
@@ -422,6 +426,7 @@ def test_study_form_builds_the_plan_and_says_what_it_will_launch(sqlite_store: s
     assert plan.objectives == ("accuracy", "time") and plan.tolerance == pytest.approx(0.02)
     assert plan.space["method"] == ["lamp", "prompt-tuning"] and plan.space["rank"] == [2, 4]
     assert plan.base.data.max_eval_examples == 8 and plan.base.train.steps == 4
+    assert plan.base.data.max_test_examples == 200  # the form's cap on each trial's test split
     assert "a grid of **3** distinct runs" in plan_text(plan)  # prompt tuning's two ranks are one run
     assert "each 4 steps" in plan_text(plan) and "no earlier job on this model and data" in plan_text(plan)
     ten = plan_from_form(_study_form(tiny_llama_dir, methods=["lamp"], objectives=["time"], steps=10), access)

@@ -42,6 +42,7 @@ INFO = {
     "weight_decay": "AdamW weight decay (the paper: 1e-5)",
     "max_length": "longest input in tokens, prompt excluded (the paper: 256)",
     "eval_every": "steps between evaluations (also the checkpoint cadence, at most 25)",
+    "max_test_examples": "test examples scored at the end (empty: the whole split)",
     "seed": "same seed, same data order and init: runs repeat on the CPU",
     "device": "auto: the worker's device",
     "max_attempts": "runs after a crash or a dead worker before the job fails",
@@ -138,6 +139,9 @@ def build(settings: ServeSettings) -> NewJobTab:
                                     elem_id="field-max-length")
         c["eval_every"] = gr.Number(d["eval_every"], label="Evaluate every", precision=0, info=INFO["eval_every"],
                                     elem_id="field-eval-every")
+        c["max_test_examples"] = gr.Textbox(d["max_test_examples"], label="Test examples",
+                                            info=INFO["max_test_examples"], elem_id="field-max-test-examples",
+                                            placeholder="all")
         c["seed"] = gr.Number(d["seed"], label="Seed", precision=0, info=INFO["seed"], elem_id="field-seed")
         c["device"] = gr.Dropdown(["auto", "cpu", "cuda"], value=d["device"], label="Device",
                                   info=INFO["device"], allow_custom_value=True, elem_id="field-device")

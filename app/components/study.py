@@ -26,6 +26,7 @@ INFO = {
     "steps": "per trial; short trials rank settings, the relaunch trains the winner longer",
     "batch_size": "per trial", "max_length": "tokens of input", "eval_every": "steps between validations: "
     "the pruner's checkpoints", "max_eval_examples": "validation examples per evaluation",
+    "max_test_examples": "test examples each trial scores (empty: all; Relaunch scores the whole split)",
     "device": "auto, cpu, cuda", "methods": "each is tried with every value below that applies to it",
     "lengths": "soft prompt tokens l, e.g. 20, 100", "ranks": "r, e.g. 4, 8, 16 (LAMP and DPT)",
     "pools": "p, e.g. 1, 4 (LAMP)", "lrs": "e.g. 0.003, 0.01, 0.03; empty = each method's measured default",
@@ -82,6 +83,8 @@ def build(settings: ServeSettings) -> StudyTab:
                                         info=INFO["eval_every"], elem_id="study-eval-every")
             c["max_eval_examples"] = gr.Number(d["max_eval_examples"], label="Validation examples", precision=0,
                                                info=INFO["max_eval_examples"], elem_id="study-max-eval")
+            c["max_test_examples"] = gr.Number(d["max_test_examples"], label="Test examples", precision=0,
+                                               info=INFO["max_test_examples"], elem_id="study-max-test")
             c["device"] = gr.Dropdown(["auto", "cpu", "cuda"], value=d["device"], label="Device",
                                       info=INFO["device"], allow_custom_value=True, elem_id="study-device")
         with gr.Row():

@@ -242,5 +242,6 @@ def relaunch(study_id: int, steps: int | None = None, factor: float = 4.0) -> in
     setting = {**view.recommendation.setting, "seed": view.recommendation.trials[0].setting["seed"]}
     spec = setting_spec(base, {k: setting.get(k) for k in KNOBS})
     study_steps = base.train.steps or DEFAULT_STEPS
-    spec = replace(spec, train=replace(spec.train, steps=steps or max(1, round(study_steps * factor)), epochs=None))
+    spec = replace(spec, train=replace(spec.train, steps=steps or max(1, round(study_steps * factor)), epochs=None),
+                   data=replace(spec.data, max_test_examples=None))  # trials may score a sample; this the whole split
     return submit(spec)
