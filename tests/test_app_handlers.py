@@ -441,7 +441,7 @@ def test_no_raw_exception_reaches_the_page(store_env: Path, caplog: pytest.LogCa
     guarded = friendly(handler)
     assert list(inspect.signature(guarded).parameters) == ["request", "path"]
     with pytest.raises(gr.Error) as info, caplog.at_level("ERROR", logger="app"):
-        guarded(None, "x")
+        guarded(None, "x")  # type: ignore[arg-type]
     assert "ImportError" in info.value.message and "site-packages" not in info.value.message
     assert "AutoTokenizer" in caplog.text  # the whole story is in the log
     with pytest.raises(gr.Error, match="at most"):

@@ -76,7 +76,8 @@ def test_time_comes_from_earlier_jobs_on_the_same_model_and_data(tmp_path: Path,
 
         (job,) = read(store.list_jobs)
         result = read(store.get_result, job_id=job.id)
-        assert result is not None and timed.eval_seconds is not None and timed.job_seconds is not None
+        assert result is not None and timed.eval_seconds is not None and timed.job_seconds is not None \
+            and timed.run_seconds is not None
         assert timed.eval_seconds == pytest.approx(result.total_seconds - result.train_seconds, rel=1e-6)
         assert timed.job_seconds == pytest.approx(timed.run_seconds + timed.eval_seconds)
         no_test = replace(spec, train=replace(spec.train, final_eval=False))
