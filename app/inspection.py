@@ -15,7 +15,8 @@ from core.inspection import Inspection, Neighbour, Stage, inspect_artifact
 
 CACHE_SIZE = 8
 _CACHE: OrderedDict[tuple[int, str, int, float], Inspection] = OrderedDict()
-NEAREST_COLUMNS = ["Vector", "Norm init", "Norm trained", "Nearest at init", "Nearest trained"]
+NEAREST_COLUMNS = ["#", "Norm init", "Norm trained", "Nearest at init", "Nearest trained"]
+"""Short numeric headers ("Vector" wrapped as "Vec tor"), the token columns given the width."""
 _LAYOUT: dict[str, Any] = {"height": 360, "margin": {"l": 50, "r": 20, "t": 50, "b": 40}, "template": "plotly_white",
                            "legend": {"orientation": "h"}}
 

@@ -157,6 +157,19 @@ def test_a_bad_upload_shows_its_error(page: Any, tmp_path: Path) -> None:
     page.locator("#upload input[type=file]").set_input_files(str(big))
     page.get_by_text(re.compile("exceed|too large|over the upload limit", re.I)).filter(visible=True).first.wait_for()
     shot(page, "new-job-bad-upload")
+    header = tmp_path / "header.csv"  # a header and no rows: Launch repeats why, not a generic "upload a file"
+    header.write_text("text,label\n")
+    page.locator("#upload input[type=file]").set_input_files(str(header))
+    page.locator("#upload-error").get_by_text("header.csv").filter(visible=True).first.wait_for()
+    reason = page.locator("#upload-error").inner_text().strip()
+    page.locator("#launch").click()
+    page.locator("#form-error").get_by_text(re.compile("problem")).filter(visible=True).first.wait_for()
+    assert "header.csv" in page.locator("#upload-error").inner_text(), reason
+    good = tmp_path / "good.csv"  # a good file clears the old problems' banner
+    good.write_text("text,label\n" + "".join(f"review {i},{'yes' if i % 2 else 'no'}\n" for i in range(20)))
+    page.locator("#upload input[type=file]").set_input_files(str(good))
+    page.locator("#preview").get_by_text("review 0").filter(visible=True).first.wait_for()
+    page.locator("#form-error").get_by_text(re.compile("problem")).wait_for(state="hidden")
 
 
 def test_bad_knobs_are_reported_beside_their_fields(page: Any) -> None:

@@ -23,7 +23,8 @@ def build(job_id: gr.Number) -> None:
                               min_width=180, elem_id="inspect-top-k")
         summary = gr.Markdown(HINT, elem_id="inspect-summary")
         table = gr.Dataframe(None, headers=inspection.NEAREST_COLUMNS, interactive=False, max_height=320,
-                             wrap=True, elem_id="inspect-tokens", label="Nearest vocabulary tokens (cosine)")
+                             wrap=True, elem_id="inspect-tokens", label="Nearest vocabulary tokens (cosine)",
+                             column_widths=["8%", "10%", "10%", "36%", "36%"])
         with gr.Row():
             norms = gr.Plot(elem_id="inspect-norms", show_label=False)
             drift = gr.Plot(elem_id="inspect-drift", show_label=False)

@@ -148,6 +148,7 @@ def build(settings: ServeSettings) -> NewJobTab:
         c["max_attempts"] = gr.Number(d["max_attempts"], label="Max attempts", precision=0,
                                       info=INFO["max_attempts"], elem_id="field-max-attempts")
     form_error = gr.Markdown(elem_id="form-error", elem_classes=["lamp-error"])
+    upload_problem = gr.State("")  # why the last upload was refused ("" when it was accepted)
     with gr.Row():
         submit = gr.Button("Launch job", variant="primary", elem_id="launch", scale=0, min_width=200)
         result = gr.Markdown(elem_id="launch-result")
@@ -175,21 +176,21 @@ def build(settings: ServeSettings) -> NewJobTab:
     @friendly
     def on_upload(request: gr.Request, path: str | None) -> list[Any]:
         if not path:
-            return [gr.skip()] * 6
+            return [gr.skip()] * 8
         try:
             data = accept_upload(path, access=access_for(settings, request), quota=settings.quota)
-        except (DataError, StorageError) as exc:
+        except (DataError, StorageError) as exc:  # kept in upload_problem: Launch repeats it, not a generic line
             return ["", gr.update(value=None, visible=False), gr.update(choices=[], value=None),
-                    gr.update(choices=[], value=None), warn(str(exc)), gr.update(value=None)]
+                    gr.update(choices=[], value=None), warn(str(exc)), gr.update(value=None), str(exc), gr.skip()]
         text, label = guess_columns(data.columns, data.sample)
         note = f"{data.rows:,} rows, columns: {', '.join(data.columns)}"
         return [data.id, gr.update(value=data.preview(), visible=True, label=f"First rows · {note}"),
                 gr.update(choices=data.columns, value=text), gr.update(choices=data.columns, value=label), "",
-                gr.skip()]
+                gr.skip(), "", ""]  # a good file clears the old problems' banner
 
     # The form keeps only the upload's id; two uploads are read at a time (each as a stream, within the limits).
     upload.upload(on_upload, upload, [c["data_file"], preview, c["text_column"], c["label_column"], upload_error,
-                                      upload], api_name="upload", concurrency_limit=2)
+                                      upload, upload_problem, form_error], api_name="upload", concurrency_limit=2)
 
     def on_note(request: gr.Request, *values: Any) -> str:
         return forms.upload_note(dict(zip(note_fields, values, strict=True)), access_for(settings, request))
@@ -228,7 +229,7 @@ def build(settings: ServeSettings) -> NewJobTab:
     gr.on([estimate.click, *cost_triggers], on_cost, inputs, cost, show_progress="minimal",
           trigger_mode="always_last", concurrency_limit=2, api_name="estimate")
 
-    def on_submit(request: gr.Request, *values: Any) -> list[Any]:
+    def on_submit(request: gr.Request, last_upload_problem: str, *values: Any) -> list[Any]:
         from jobs.tasks import submit as submit_job
 
         form = dict(zip(forms.FIELDS, values, strict=True))
@@ -238,7 +239,9 @@ def build(settings: ServeSettings) -> NewJobTab:
         except LampError as exc:
             if not isinstance(exc, forms.FormError):  # the store's disk is full, ...: what happened and what to do
                 return [*_field_updates({}), "", warn(str(exc)), "", gr.skip()]
-            problems = exc.problems
+            problems = dict(exc.problems)
+            if "data_file" in problems and last_upload_problem and not form.get("data_file"):
+                problems["data_file"] = last_upload_problem  # why the last file was refused, not "upload a file"
             general = [f"{k}: {v}" for k, v in problems.items() if k not in INFO and k != "data_file"]
             count = len(problems)
             return [*_field_updates(problems), warn(problems.get("data_file", "")),
@@ -248,7 +251,7 @@ def build(settings: ServeSettings) -> NewJobTab:
                 f"Job **{job_id}** queued: {spec.method.name} on `{spec.model.name}`; follow it in the Jobs tab.",
                 job_id]
 
-    submit.click(on_submit, inputs, [*with_info, upload_error, form_error, result, submitted],
+    submit.click(on_submit, [upload_problem, *inputs], [*with_info, upload_error, form_error, result, submitted],
                  concurrency_limit=4, api_name="launch")
 
     # A problem shown beside a field goes away as soon as that field is edited.

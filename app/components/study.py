@@ -18,6 +18,7 @@ from core.tasks import BUILTIN_TASKS
 from jobs.errors import StudyNotFound
 from jobs.studies.conduct import cancel_study, relaunch
 from jobs.studies.plan import COST_LABELS, COSTS
+from jobs.studies.report import TRIAL_COLUMNS
 from jobs.studies.views import study_view
 
 POLL_SECONDS = 3.0
@@ -124,8 +125,8 @@ def build(settings: ServeSettings) -> StudyTab:
     settings_table = gr.Dataframe(headers=list(handlers.SETTINGS_COLUMNS), interactive=False,
                                   label="Settings (mean and spread over seeds; front_* = on that Pareto front)",
                                   elem_id="study-settings", max_height=320)
-    trials_table = gr.Dataframe(interactive=False, label="Trials (each one a job)", elem_id="study-trials-table",
-                                max_height=320)
+    trials_table = gr.Dataframe(headers=list(TRIAL_COLUMNS), interactive=False, label="Trials (each one a job)",
+                                elem_id="study-trials-table", max_height=320, wrap=True)
     csv = gr.File(label="Settings table (CSV)", interactive=False, elem_id="study-csv")
     seen = gr.State(None)
     timer = gr.Timer(POLL_SECONDS)

@@ -18,6 +18,10 @@ DEFAULT_LINK_BASE = "http://127.0.0.1:7860/"
 """Where chart points link when the dashboard's own address is not known (`lamp study show --charts`)."""
 
 
+TRIAL_COLUMNS = ("trial", "state", "job", "method", "length", "rank", "pool", "lr", "seed", "val", "test", "params",
+                 "train_s", "memory_mb", "step", "note")
+
+
 def trials_frame(view: StudyView) -> pd.DataFrame:
     rows = []
     for t in view.trials:
@@ -27,8 +31,7 @@ def trials_frame(view: StudyView) -> pd.DataFrame:
                      "seed": s.get("seed"), "val": _round(t.accuracy), "test": _round(t.test), "params": t.params,
                      "train_s": _round(t.time, 1), "memory_mb": _round(t.memory, 0), "step": t.step,
                      "note": (t.note or "").strip().splitlines()[-1] if t.note else ""})
-    return pd.DataFrame(rows, columns=["trial", "state", "job", "method", "length", "rank", "pool", "lr", "seed",
-                                       "val", "test", "params", "train_s", "memory_mb", "step", "note"])
+    return pd.DataFrame(rows, columns=list(TRIAL_COLUMNS))
 
 
 SETTINGS_COLUMNS = ("setting", "method", "length", "rank", "pool", "lr", "seeds", "val_mean", "val_std", "test_mean",
