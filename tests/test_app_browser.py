@@ -126,9 +126,17 @@ def pick(page: Any, dropdown: str, option: str) -> None:
     page.keyboard.press("Escape")
     page.locator("h2").first.click()  # blur: a focused dropdown does not reopen on click
     box = page.locator(f"#{dropdown} input").first
-    box.click()
-    box.fill(option)  # filters the list to the wanted choice
-    page.get_by_role("option", name=re.compile(re.escape(option))).first.click()
+    for attempt in range(3):  # on a busy machine the tab's fresh job list can land after the first look
+        box.click()
+        box.fill(option)  # filters the list to the wanted choice
+        try:
+            page.get_by_role("option", name=re.compile(re.escape(option))).first.click(timeout=10_000)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
+            page.keyboard.press("Escape")
+            page.locator("h2").first.click()
     time.sleep(0.3)
 
 
@@ -170,11 +178,15 @@ def test_a_bad_upload_shows_its_error(page: Any, tmp_path: Path) -> None:
     page.locator("#upload input[type=file]").set_input_files(str(good))
     page.locator("#preview").get_by_text("review 0").filter(visible=True).first.wait_for()
     page.locator("#form-error").get_by_text(re.compile("problem")).wait_for(state="hidden")
+    page.reload()  # an empty form again, with the upload widget open for the next test
+    page.locator("#field-source").get_by_label("my own file").check()
+    page.locator("#upload input[type=file]").wait_for(state="attached")
 
 
 def test_bad_knobs_are_reported_beside_their_fields(page: Any) -> None:
     set_field(page, "rank", 200)
     set_field(page, "steps", 0)
+    time.sleep(0.5)  # each field's own change (which clears its problem) lands before Launch shows the new ones
     page.locator("#launch").click()
     page.locator("#field-rank").get_by_text(re.compile("rank=200")).filter(visible=True).first.wait_for()
     page.locator("#field-steps").get_by_text(re.compile("steps=0")).filter(visible=True).first.wait_for()
@@ -182,7 +194,8 @@ def test_bad_knobs_are_reported_beside_their_fields(page: Any) -> None:
     shot(page, "new-job-field-errors")
     set_field(page, "rank", 4)  # editing a field clears its problem
     page.locator("#field-rank").get_by_text(re.compile("rank=200")).wait_for(state="hidden")
-    assert page.locator("#field-steps").get_by_text(re.compile("steps=0")).count() == 1
+    steps = page.locator("#field-steps")
+    assert steps.get_by_text(re.compile("steps=0")).count() == 1, steps.inner_text()
 
 
 def _launch(page: Any, tiny_llama_dir: Path, method: str) -> int:
@@ -230,8 +243,8 @@ def test_upload_launch_and_watch_a_job_succeed_with_its_curve(page: Any, server:
     wait_status(page, job_id, "SUCCEEDED")
     page.locator("#job-details").get_by_text(re.compile("trainable params")).filter(visible=True).first.wait_for()
     assert page.locator("#job-curves .scatterlayer .trace").count() >= 3
-    uploads = list((server.home / "uploads").rglob("*.csv"))
-    assert [p.name for p in uploads] == ["reviews.csv"]
+    uploads = sorted(p.name for p in (server.home / "uploads").rglob("*.csv"))
+    assert uploads == ["good.csv", "reviews.csv"]  # the accepted files (the bad-upload test's good one too), no others
     assert not list((server.home / "gradio-tmp").rglob("reviews.csv"))  # the upload itself is gone
     assert f"job={job_id}" in page.url  # the followed job is in the address
     page.reload()  # nothing is lost: the jobs come back from the store, the followed job from the address
@@ -273,8 +286,10 @@ def test_playground_answers_beside_the_bare_model(page: Any) -> None:
     answers.get_by_text(re.compile(r"#\d+ prompt-tuning")).filter(visible=True).first.wait_for(timeout=120_000)
     lines = [line.strip() for line in answers.inner_text().splitlines()]
     assert sum(re.fullmatch(r"#\d+ (lamp|prompt-tuning)", line) is not None for line in lines) == 2, lines
-    # tuned and bare answer per job, in its task's label words (the second job trained on the built-in task)
-    assert sum(line in ("good", "bad", "positive", "negative") for line in lines) == 4, " | ".join(lines)
+    # each job's answer in its label words, and the bare model's once: both jobs read the same input on one backbone
+    assert sum(line in ("good", "bad", "positive", "negative") for line in lines) == 3, " | ".join(lines)
+    assert sum(line.startswith("bare model") for line in lines) == 1, " | ".join(lines)
+    assert re.search(r"(good|bad) [+-]\d\.\d{3}", answers.inner_text())  # what the prompt changed, 3 decimals
     shot(page, "playground")
 
 
