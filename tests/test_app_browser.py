@@ -227,7 +227,11 @@ def test_upload_launch_and_watch_a_job_succeed_with_its_curve(page: Any, server:
     set_field(page, "rank", 4)
     set_field(page, "pool", 2)
     set_field(page, "model", tiny_llama_dir)
-    params.get_by_text(re.compile(r"d = 32")).filter(visible=True).first.wait_for()
+    try:
+        params.get_by_text(re.compile(r"d = 32")).filter(visible=True).first.wait_for()
+    except Exception as exc:
+        shot(page, "param-count-timeout")
+        raise AssertionError(f"param count reads: {params.inner_text()!r}") from exc
     set_field(page, "steps", 8)
     page.keyboard.press("Escape")  # close whichever dropdown the last Tab opened
     page.locator("#cost-estimate").get_by_text(re.compile(r"peak memory")).filter(visible=True).first.wait_for()
