@@ -146,7 +146,7 @@ def ask(job_ids: Sequence[int], text: str, *, device: str = "cpu", max_new_token
         bare = answers[members[0]][1]
         model = predictors[members[0]].artifact.spec.model.name
         which = "" if len(groups) == 1 else " for " + ", ".join(f"#{ids[i]}" for i in members)
-        rows.append([f"bare model `{model}`{which}", bare.answer, _scores(bare), "", sources[members[0]]])
+        rows.append([f"bare model {model}{which}", bare.answer, _scores(bare), "", sources[members[0]]])
         if bare.scores:
             words = list(bare.scores)
             fig.add_trace(go.Bar(name=f"bare model{which}", x=words, y=[bare.scores[w] for w in words],

@@ -388,8 +388,8 @@ def test_playground_answers_with_each_prompt_beside_the_bare_model(finished_jobs
     table, fig = playground.ask(finished_jobs, "a wonderful film")
     assert playground.loading_note(finished_jobs) == ""  # loaded now: nothing to warn of
     assert list(table["Prompt"]) == [f"#{finished_jobs[0]} lamp", f"#{finished_jobs[1]} prompt-tuning",
-                                     "bare model `" + str(playground.predictor_for(finished_jobs[0]).artifact.spec
-                                                          .model.name) + "`"]  # one task, one model: bare once
+                                     "bare model " + str(playground.predictor_for(finished_jobs[0]).artifact.spec
+                                                         .model.name)]  # one task, one model: bare once
     for answer in table["Answer"]:
         assert answer in ("bad", "good")
     scores = [float(s.split()[-1]) for s in table["Label probabilities"].iloc[0].split(", ")]
