@@ -63,17 +63,24 @@ def _method_legend(fig: go.Figure, methods: Sequence[str]) -> None:
                                          "color": METHOD_COLORS.get(str(method), "#6b7280")}))
 
 
+def _plain(value: float) -> str:
+    """A bar's label as a person reads it: 2,388, 678, 12.5, 0.43 (never 2.39e+03, never 0 for 0.43 s)."""
+    if float(value).is_integer() or abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+
+
 def cost_figure(df: pd.DataFrame) -> go.Figure:
     """Trainable parameters, peak memory, training time and the main metric, one bar per job, on linear axes
     (a log axis made a 2,388-parameter bar a sliver) with plain numbers; the metric on its whole 0-1 scale."""
-    panels = (("trainable_params", "Trainable parameters", ",.0f"), ("peak_memory_mb", "Peak memory (MiB)", ",.0f"),
-              ("train_seconds", "Training time (s)", ",.0f"), ("score", "Test metric", ".3f"))
+    panels = (("trainable_params", "Trainable parameters", _plain), ("peak_memory_mb", "Peak memory (MiB)", _plain),
+              ("train_seconds", "Training time (s)", _plain), ("score", "Test metric", lambda v: f"{v:.3f}"))
     fig = make_subplots(rows=2, cols=2, subplot_titles=[p[1] for p in panels], vertical_spacing=0.22)
     labels = [_label(r) for _, r in df.iterrows()]
     colors = [METHOD_COLORS.get(m, "#6b7280") for m in df["method"]] if len(df) else []
     for i, (column, title, fmt) in enumerate(panels):
         fig.add_trace(go.Bar(x=labels, y=df[column], marker_color=colors, name=title, showlegend=False,
-                             text=[format(v, fmt) if pd.notna(v) else "" for v in df[column]], textposition="auto"),
+                             text=[fmt(v) if pd.notna(v) else "" for v in df[column]], textposition="auto"),
                       row=i // 2 + 1, col=i % 2 + 1)
     _method_legend(fig, list(df["method"]))
     fig.update_yaxes(tickformat=",~r", rangemode="tozero")

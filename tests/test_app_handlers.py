@@ -372,6 +372,7 @@ def test_compare_table_charts_and_csv(finished_jobs: list[int]) -> None:
     bars = [t for t in cost.data if t.type == "bar"]
     assert len(bars) == 4 and list(bars[0].y) == list(frame["trainable_params"])
     assert list(bars[0].text) == [f"{n:,}" for n in frame["trainable_params"]]  # 2,388, not 2.39e+03
+    assert [compare._plain(v) for v in (2388, 678.4, 12.46, 0.43)] == ["2,388", "678", "12.5", "0.43"]
     assert cost.layout.yaxis.type != "log" and tuple(cost.layout.yaxis4.range) == (0, 1.05)
     assert [t.name for t in cost.data if t.showlegend is not False] == ["lamp", "prompt-tuning"]  # every method
     knobs = compare.knob_figure(frame)

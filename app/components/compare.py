@@ -21,7 +21,7 @@ def build() -> gr.Dropdown:
     cost = gr.Plot(label="Cost and accuracy", elem_id="compare-cost")
     knobs = gr.Plot(label="Accuracy against the knobs", elem_id="compare-knobs")
     table = gr.Dataframe(headers=compare.COLUMNS, label="The numbers behind the charts", interactive=False,
-                         elem_id="compare-table", wrap=True, max_height=420)
+                         elem_id="compare-table", max_height=420)  # wrapping broke the headers letter by letter
     csv = gr.File(label="CSV", interactive=False, elem_id="compare-csv")
 
     # ---- events ----
