@@ -394,11 +394,11 @@ def cost_summary(values: dict[str, Any], access: Access | None = None) -> str:
         spec, _ = settings_from_form(values, access)
     except FormError:
         return "**Cost:** fix the form's problems first."
-    if spec.model.name == "default":
-        from core.backbone import lamp_home
+    from core.backbone import OFFLINE_MODELS, lamp_home
 
-        if not (lamp_home() / "models" / "smollm2-135m-instruct" / "model.safetensors").is_file():
-            return "**Cost:** shown once the default model has been converted (its first job does it)."
+    offline = OFFLINE_MODELS.get(spec.model.name)
+    if offline is not None and not (lamp_home() / "models" / offline.folder / "model.safetensors").is_file():
+        return f"**Cost:** shown once the {spec.model.name} model has been converted (its first job does it)."
     try:
         widths = _widths(tuple(str(values.get(k)) for k in _WIDTH_KEYS), json.dumps(spec_to_dict(spec)))
         est = timed_from_history(spec, widths, estimate(spec, widths))

@@ -17,8 +17,9 @@ CACHE_SIZE = 8
 _CACHE: OrderedDict[tuple[int, str, int, float], Inspection] = OrderedDict()
 NEAREST_COLUMNS = ["#", "Norm init", "Norm trained", "Nearest at init", "Nearest trained"]
 """Short numeric headers ("Vector" wrapped as "Vec tor"), the token columns given the width."""
-_LAYOUT: dict[str, Any] = {"height": 360, "margin": {"l": 50, "r": 20, "t": 50, "b": 40}, "template": "plotly_white",
-                           "legend": {"orientation": "h"}}
+_LAYOUT: dict[str, Any] = {"height": 380, "margin": {"l": 50, "r": 20, "t": 50, "b": 80}, "template": "plotly_white",
+                           "legend": {"orientation": "h", "yanchor": "top", "y": -0.22}}
+"""The legend sits under the x axis's title, not over it."""
 
 
 def inspect_job(job_id: int, top_k: int = 5) -> Inspection:

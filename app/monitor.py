@@ -22,7 +22,8 @@ from jobs import store
 from jobs.db import read
 from jobs.models import FINISHED, Job, MetricPoint, Result, Status
 
-JOB_COLUMNS = ["ID", "Status", "Progress", "Elapsed", "Method", "Knobs", "Model", "Data", "Result", "Params"]
+JOB_COLUMNS = ["ID", "Status", "Progress", "Result", "Method", "Knobs", "Model", "Data", "Params", "Elapsed"]
+"""Key columns first: what a job is doing and what it reached, then what it is; the page pins ID and Status."""
 CURVES = (  # (split, metric, panel title)
     ("train", "loss", "Training loss"),
     ("val", None, "Eval metric"),
@@ -113,9 +114,14 @@ def job_row(job: Job, result: Result | None, now: datetime | None = None) -> lis
     else:
         outcome = ""
     spec = job.spec
-    return [job.id, status_text(job, now), progress(job), format_seconds(elapsed_seconds(job, now)),
-            spec.get("method", {}).get("name"), knobs(spec), str(spec.get("model", {}).get("name"))[-40:],
-            data_name(spec)[-40:], outcome, f"{result.trainable_params:,}" if result else ""]
+    return [job.id, status_text(job, now), progress(job), outcome, spec.get("method", {}).get("name"), knobs(spec),
+            model_name(str(spec.get("model", {}).get("name"))), data_name(spec)[-40:],
+            f"{result.trainable_params:,}" if result else "", format_seconds(elapsed_seconds(job, now))]
+
+
+def model_name(name: str) -> str:
+    """A model as the table shows it: a local folder by its last part (the job page names it whole)."""
+    return Path(name).name if name.startswith(("/", ".", "~")) else name
 
 
 def jobs_frame(limit: int = 200) -> pd.DataFrame:
@@ -238,6 +244,7 @@ def curve_figure(job_id: int | None) -> go.Figure:
                                      name=f"{key[0]} {key[1]}", showlegend=split == "val"), row=row + 1, col=col + 1)
         if split == "val" and keys and all(0 <= y <= 1 for k in keys for y in series[k][1]):
             fig.update_yaxes(range=[0, 1.05], row=row + 1, col=col + 1)  # accuracy and friends: the whole 0-1 scale
+    fig.update_yaxes(rangemode="tozero", row=2)  # a flat memory line reads as flat, not as 674.5-676
     fig.update_yaxes(tickformat=",~r")  # 2,390, not 2.39e+03
     fig.update_xaxes(title_text="step", row=2)
     return fig

@@ -98,13 +98,17 @@ def mark_enqueued(*, session: Session, job_id: int) -> None:
 
 
 def claim_job(*, session: Session, job_id: int, worker: str, lease_seconds: float) -> JobAttempt | None:
-    """QUEUED -> RUNNING for this worker, atomically; None if someone else has it or it is no longer queued."""
+    """QUEUED -> RUNNING for this worker, atomically; None if someone else has it or it is no longer queued.
+
+    The attempt starts in the loading phase: from here to its first step the worker starts the training process and
+    loads the model and data."""
     now = utcnow()
     number = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == Status.QUEUED, Job.cancel_requested.is_(False))
         .values(status=Status.RUNNING, worker=worker, attempts=Job.attempts + 1, heartbeat_at=now,
-                lease_expires_at=now + timedelta(seconds=lease_seconds), started_at=func.coalesce(Job.started_at, now))
+                lease_expires_at=now + timedelta(seconds=lease_seconds), started_at=func.coalesce(Job.started_at, now),
+                phase={"phase": "loading"})
         .returning(Job.attempts)
     ).scalar_one_or_none()
     if number is None:

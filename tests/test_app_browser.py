@@ -154,6 +154,31 @@ def wait_status(page: Any, job_id: int, status: str, timeout: float = JOB_TIMEOU
     raise AssertionError(f"job {job_id} not {status} in {timeout:.0f} s; the table reads:\n{text}")
 
 
+def watch_progress(page: Any, job_id: int, until: Any, timeout: float = JOB_TIMEOUT_MS / 1000) -> list[str]:
+    """The job's Progress cells seen in the jobs table until `until()` holds."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while not until():
+        if time.monotonic() > deadline:
+            shot(page, f"timeout-progress-{job_id}")
+            raise AssertionError(f"job {job_id}: gave up waiting; its progress read {seen}")
+        text = " ".join(page.locator("#jobs-table").inner_text().split())  # cells may sit on lines of their own
+        row = re.search(rf"(?:^| ){job_id} (QUEUED|RUNNING|SUCCEEDED)\b.*?(?= \d+ [A-Z_]{{6,}}\b|$)", text)
+        if row and (not seen or seen[-1] != row.group(0)):
+            seen.append(row.group(0))
+        time.sleep(0.25)
+    return seen
+
+
+def eval_steps(page: Any) -> list[int]:
+    """The steps of the eval panel's validation points, as the browser holds the figure."""
+    return page.evaluate("""() => {
+        const plot = document.querySelector('#job-curves .js-plotly-plot');
+        const val = (plot && plot.data || []).filter(t => String(t.name).startsWith('val '));
+        return val.length ? Array.from(val[0].x) : [];
+    }""")
+
+
 def test_a_bad_upload_shows_its_error(page: Any, tmp_path: Path) -> None:
     page.locator("#field-source").get_by_label("my own file").check()
     empty = tmp_path / "empty.csv"
@@ -198,6 +223,23 @@ def test_bad_knobs_are_reported_beside_their_fields(page: Any) -> None:
     assert steps.get_by_text(re.compile("steps=0")).count() == 1, steps.inner_text()
 
 
+def test_every_preset_fills_the_form_without_an_error(page: Any) -> None:
+    from app.forms import PRESETS
+
+    page.reload()  # the plain form, without the earlier tests' problems
+    page.locator("#launch").wait_for()
+    for name, preset in PRESETS.items():
+        pick(page, "preset", name)
+        page.locator("#preset-note").get_by_text(preset.note[:40]).filter(visible=True).first.wait_for()
+    time.sleep(3)  # past the estimate and parameter count each preset starts
+    toasts = page.locator(".toast-body")
+    assert toasts.count() == 0, toasts.all_inner_texts()
+    errors = page.locator(".lamp-field-error")
+    assert errors.count() == 0, errors.all_inner_texts()
+    page.reload()  # the next tests start from the plain form
+    page.locator("#launch").wait_for()
+
+
 def _launch(page: Any, tiny_llama_dir: Path, method: str) -> int:
     tab(page, "New job")
     set_field(page, "model", tiny_llama_dir)
@@ -217,6 +259,7 @@ def _launch(page: Any, tiny_llama_dir: Path, method: str) -> int:
 def test_upload_launch_and_watch_a_job_succeed_with_its_curve(page: Any, server: Server, tiny_llama_dir: Path,
                                                               sentiment_csv: Path) -> None:
     tab(page, "New job")
+    page.locator("#field-source").get_by_label("my own file").check()
     page.locator("#upload input[type=file]").set_input_files(str(sentiment_csv))
     page.locator("#preview").get_by_text("wonderful acting 0").filter(visible=True).first.wait_for()
     assert "review" in page.locator("#field-text-column input").input_value()
@@ -242,9 +285,16 @@ def test_upload_launch_and_watch_a_job_succeed_with_its_curve(page: Any, server:
     job_id = _launch(page, tiny_llama_dir, "lamp")
     # The page switches to the Jobs tab and follows the new job.
     page.locator("#job-details").get_by_text(f"Job {job_id}").filter(visible=True).first.wait_for()
-    page.locator("#job-curves .scatterlayer .trace").filter(visible=True).first.wait_for(timeout=JOB_TIMEOUT_MS)
+    seen = watch_progress(page, job_id, until=lambda: page.locator("#job-curves .scatterlayer .trace").count() > 0)
     report("dashboard submit to first curve point (tiny model)", seconds=round(time.monotonic() - started, 1))
+    # Before its first step the job says what it is doing (loading the model and data), not just "0/8".
+    assert any(re.search(r"· loading", cell) for cell in seen), seen
     wait_status(page, job_id, "SUCCEEDED")
+    # The last validation (step 8) and the test result arrive without a reload: the poll redraws on new points.
+    deadline = time.monotonic() + 20
+    while eval_steps(page) != [4, 8] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert eval_steps(page) == [4, 8]
     page.locator("#job-details").get_by_text(re.compile("trainable params")).filter(visible=True).first.wait_for()
     assert page.locator("#job-curves .scatterlayer .trace").count() >= 3
     uploads = sorted(p.name for p in (server.home / "uploads").rglob("*.csv"))
@@ -323,6 +373,13 @@ def test_a_study_sweeps_the_knobs_and_draws_its_pareto_charts(page: Any, server:
     box.press("Tab")
     page.locator("#study-plan").get_by_text(re.compile(r"a grid of 4 distinct runs")).filter(visible=True).first \
         .wait_for()
+    plan = page.locator("#study-plan")
+    study_field(page, "steps").fill("6")  # the plan follows every field, steps included
+    study_field(page, "steps").press("Tab")
+    plan.get_by_text(re.compile(r"each 6 steps")).filter(visible=True).first.wait_for()
+    study_field(page, "steps").fill("4")
+    study_field(page, "steps").press("Tab")
+    plan.get_by_text(re.compile(r"each 4 steps")).filter(visible=True).first.wait_for()
     started = time.monotonic()
     page.keyboard.press("Escape")  # no dropdown left open over the button
     page.locator("#launch-study").click()

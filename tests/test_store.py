@@ -127,6 +127,8 @@ def test_a_running_job_reports_its_phase_through_the_training_processs_writer(db
 
     job_id = _new_job()
     n = _claim(job_id)
+    job = read(store.get_job, job_id=job_id)  # claimed: loading until the training process reports otherwise
+    assert job is not None and progress(job) == "0 · loading"
     writer = MetricWriter(job_id, n, db, tmp_path)
     writer(Event("start", 0, 4, {}))
     writer(Event("phase", 4, 4, {"phase": "testing", "done": 64, "total": 300}))

@@ -34,7 +34,8 @@ def build() -> gr.Dropdown:
         if frame.empty:  # an empty state that says what to do, not four error badges
             hint = compare.empty_figure("Pick two or more succeeded jobs above, then Compare.")
             return [hint, compare.empty_figure("(the knobs chart follows)"), frame, None]
-        return [compare.cost_figure(frame), compare.knob_figure(frame), frame, compare.compare_csv(frame)]
+        shown = frame.assign(model=frame["model"].map(lambda m: monitor.model_name(str(m))))  # the CSV keeps paths
+        return [compare.cost_figure(frame), compare.knob_figure(frame), shown, compare.compare_csv(frame)]
 
     refresh.click(choices, None, picker)
     run.click(on_compare, picker, [cost, knobs, table, csv])

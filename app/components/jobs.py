@@ -38,8 +38,8 @@ def build() -> JobsTab:
         gr.Markdown("Click a row to follow that job. The list and the curves refresh every "
                     f"{POLL_SECONDS:g} s from the store; reloading the page loses nothing.")
         refresh = gr.Button("Refresh", scale=0, min_width=100)
-    table = gr.Dataframe(None, headers=monitor.JOB_COLUMNS, interactive=False, max_height=300,
-                         elem_id="jobs-table", label="Jobs")
+    table = gr.Dataframe(None, headers=monitor.JOB_COLUMNS, interactive=False, max_height=300, wrap=True,
+                         pinned_columns=2, max_chars=60, elem_id="jobs-table", label="Jobs")
     with gr.Row():
         job_id = gr.Number(label="Job", precision=0, value=None, scale=0, min_width=120, elem_id="job-id")
         cancel = gr.Button("Cancel", variant="stop", interactive=False, elem_id="cancel", scale=0)

@@ -69,7 +69,7 @@ def _field_updates(problems: dict[str, str]) -> list[Any]:
 def build(settings: ServeSettings) -> NewJobTab:
     d = forms.DEFAULTS
     with gr.Row():
-        preset = gr.Dropdown(list(forms.PRESETS), value=None, label="Preset", scale=1,
+        preset = gr.Dropdown(list(forms.PRESETS), value=None, label="Preset", scale=1, elem_id="preset",
                              info="fills the form; change anything afterwards")
         preset_note = gr.Markdown(elem_id="preset-note")
     with gr.Row(equal_height=False):
