@@ -384,6 +384,11 @@ def _widths(key: tuple[Any, ...], spec_json: str) -> Any:
     return data_widths(spec_from_dict(json.loads(spec_json)))
 
 
+def minutes(seconds: float) -> str:
+    """"2.4" below ten minutes (a Quick look is a few), whole minutes above."""
+    return f"{seconds / 60:.1f}" if seconds < 600 else f"{seconds / 60:.0f}"
+
+
 def cost_summary(values: dict[str, Any], access: Access | None = None) -> str:
     """Markdown: the estimate of `lamp estimate` for the form's settings (data widths cached per data setting)."""
     from core.estimate import estimate
@@ -409,8 +414,8 @@ def cost_summary(values: dict[str, Any], access: Access | None = None) -> str:
     time = (f"{est.seconds_per_step:.1f} s/step, about {est.run_seconds / 60:.0f} min of training ({est.timing})"
             if est.seconds_per_step is not None and est.run_seconds is not None else est.timing)
     if est.job_seconds is not None and est.eval_seconds is not None:
-        time = (f"**about {est.job_seconds / 60:.0f} min for the whole job** (loading, validation and test "
-                f"{est.eval_seconds / 60:.0f} min) · {time}")
+        time = (f"**about {minutes(est.job_seconds)} min for the whole job** (loading, validation and test "
+                f"{minutes(est.eval_seconds)} min) · {time}")
     return (f"**Cost ({est.device}):** sequence ≈ {est.sequence_tokens:.0f} tokens (longest "
             f"{est.longest_sequence}) · peak memory ≈ **{est.peak_mb:,.0f} MiB** (weights {est.weights_mb:,.0f} + "
             f"activations {est.activations_mb:,.0f}" + (f" + runtime {est.runtime_mb:,.0f}" if est.runtime_mb
