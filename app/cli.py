@@ -8,6 +8,7 @@ import logging
 
 from app.access import ALLOWED_DIRS_ENV, env_allowed_dirs, parse_allowed_dirs
 from app.settings import (
+    API_KEYS_ENV,
     AUTH_ENV,
     DEFAULT_RETENTION_DAYS,
     MAX_ROWS_ENV,
@@ -15,12 +16,15 @@ from app.settings import (
     RETENTION_ENV,
     UPLOAD_QUOTA_ENV,
     UPLOADS_TOTAL_ENV,
+    ApiLimits,
     ServeSettings,
+    env_api_keys,
     env_auth,
     env_int,
     env_max_upload_mb,
     parse_auth,
 )
+from core.errors import ConfigError
 from core.tasks.reading import Limits
 
 
@@ -35,6 +39,7 @@ def _settings(a: argparse.Namespace) -> ServeSettings:
         upload_quota_mb=env_int(UPLOAD_QUOTA_ENV, ServeSettings.upload_quota_mb),
         uploads_total_mb=env_int(UPLOADS_TOTAL_ENV, ServeSettings.uploads_total_mb),
         retention_days=env_int(RETENTION_ENV, DEFAULT_RETENTION_DAYS),
+        api_keys=env_api_keys(a.api_key),
     )
 
 
@@ -49,6 +54,41 @@ def cmd_serve(a: argparse.Namespace) -> int:
         logging.getLogger("lamp.serve").warning(
             "serving on %s without a login: anyone who reaches this port can launch jobs; set --auth", a.host)
     serve(settings)
+    return 0
+
+
+def api_limits(a: argparse.Namespace) -> ApiLimits:
+    limits = ApiLimits(max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, max_queue=a.max_queue,
+                       max_input_tokens=a.max_input_tokens, max_tokens=a.max_tokens, cache_mib=a.cache_mib,
+                       device=a.device)
+    for name in ("max_batch", "max_queue", "max_input_tokens", "max_tokens"):
+        if getattr(limits, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    if limits.max_wait_ms < 0 or limits.cache_mib < 0:
+        raise ConfigError("--max-wait-ms and --cache-mib cannot be negative")
+    return limits
+
+
+def cmd_api(a: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.api import check_exposure, standalone_app
+    from app.api_service import ApiService
+    from app.server import check_port
+    from jobs.db import upgrade_database
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    keys = env_api_keys(a.api_key)
+    limits = api_limits(a)
+    check_exposure(a.host, keys)
+    check_port(a.host, a.port)
+    upgrade_database()
+    service = ApiService(limits)
+    print(f"LAMP Studio API on http://{a.host}:{a.port}/v1" + (" (API key required)" if keys else ""), flush=True)
+    try:
+        uvicorn.run(standalone_app(service, keys), host=a.host, port=a.port, log_level="warning")
+    finally:
+        service.close()
     return 0
 
 
@@ -88,7 +128,32 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a folder whose subfolders users may name as a model or a task's data folder (repeatable; "
                         f"or {ALLOWED_DIRS_ENV}, separated by ':'); nothing else on this machine can be named")
     p.add_argument("--playground-device", default="cpu", help="where the playground runs tuned prompts")
+    p.add_argument("--api-key", action="append", default=None, metavar="KEY",
+                   help=f"a bearer key the /v1 API requires (repeatable; or {API_KEYS_ENV}, comma-separated); "
+                        "required for the API when --host is not this machine")
     p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("api", help="the OpenAI-compatible API alone (every succeeded job's prompt)",
+                       description="Serve /v1/models, /v1/completions, /v1/chat/completions and /v1/classify for "
+                                   "every succeeded job, requests gathered into mixed batches on shared backbones.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", action="append", default=None, metavar="KEY",
+                   help=f"a bearer key every request must carry (repeatable; or {API_KEYS_ENV}); required off "
+                        "loopback")
+    d = ApiLimits()
+    p.add_argument("--device", default=d.device, help=f"where prompts run (default {d.device})")
+    p.add_argument("--max-batch", type=int, default=d.max_batch, help=f"requests per gathered batch ({d.max_batch})")
+    p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
+                   help=f"how long to gather requests after the first ({d.max_wait_ms:g} ms)")
+    p.add_argument("--max-queue", type=int, default=d.max_queue,
+                   help=f"requests waiting at most; beyond, 429 with Retry-After ({d.max_queue})")
+    p.add_argument("--max-input-tokens", type=int, default=d.max_input_tokens, help=f"({d.max_input_tokens})")
+    p.add_argument("--max-tokens", type=int, default=d.max_tokens,
+                   help=f"the largest max_tokens a request may ask ({d.max_tokens})")
+    p.add_argument("--cache-mib", type=float, default=d.cache_mib,
+                   help=f"prompts' keys and values kept between requests ({d.cache_mib:g} MiB)")
+    p.set_defaults(handler=cmd_api)
 
     p = sub.add_parser("gc", help="remove old uploads, Gradio's leftover temporary files and old downloads")
     p.add_argument("--days", type=float, default=None,

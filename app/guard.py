@@ -90,6 +90,8 @@ class GuardSettings:
     max_uploads: int = 4
     max_uploads_per_client: int = 2
     logins: LoginLimiter = field(default_factory=LoginLimiter)
+    api: bool = False
+    """The /v1 API is mounted: its routes take API keys instead of the dashboard's login."""
 
 
 async def _reply(send: Send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
@@ -174,7 +176,9 @@ class Guard:
             await self.app(scope, receive, send)
             return
         path, method = scope.get("path", ""), scope.get("method", "GET")
-        if method == "POST" and path in LOGIN_PATHS and self.settings.auth:
+        if self.settings.api and (path == "/v1" or path.startswith("/v1/")):
+            await self.app(scope, receive, send)  # the API checks its own bearer keys
+        elif method == "POST" and path in LOGIN_PATHS and self.settings.auth:
             await self._login(scope, receive, send)
         elif self.settings.auth and not _logged_in(scope):
             if path == "/" and method == "GET":

@@ -2,7 +2,8 @@
 
 This is the one place the web process runs a model: a loaded backbone is shared by every prompt trained on it
 (core.inference.cached_backbone), each job's prompt is loaded once, and the chosen jobs and the bare model are
-answered in the same batches (core.inference.MultiPredictor).
+answered in the same batches, through the API's service (app.api_service: its queue, mixed batches and prompt
+cache).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from core.errors import ArtifactError, ConfigError
-from core.inference import Ask, MultiPredictor, Prediction, Predictor, render_source, template_fields
+from core.inference import Ask, Prediction, Predictor, render_source, template_fields
 from jobs import store
 from jobs.db import read
 from jobs.models import Status
@@ -54,11 +55,13 @@ def _answer_together(predictors: Sequence[Predictor], sources: Sequence[str], ma
     groups: dict[int, list[int]] = {}
     for i, predictor in enumerate(predictors):
         groups.setdefault(id(predictor.backbone), []).append(i)
+    from app.api_service import shared_service
+
     out: dict[int, tuple[Prediction, Prediction]] = {}
     for members in groups.values():
-        multi = MultiPredictor([predictors[i] for i in members])
         asks = [Ask(k, sources[i], bare) for k, i in enumerate(members) for bare in (False, True)]
-        got = multi.answer(asks, max_new_tokens=max_new_tokens)
+        # the API's queue and batches (app.api_service): the same code path as /v1/classify, its prompt cache too
+        got = shared_service().ask([predictors[i] for i in members], asks, max_new_tokens=max_new_tokens)
         for k, i in enumerate(members):
             out[i] = (got[2 * k], got[2 * k + 1])
     return [out[i] for i in range(len(predictors))]

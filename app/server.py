@@ -49,8 +49,27 @@ def _guard(settings: ServeSettings) -> object:
     from app.settings import gradio_temp_dir
 
     guard = GuardSettings(auth=bool(settings.auth), temp_dir=gradio_temp_dir(),
-                          temp_budget_bytes=8 * settings.max_upload_bytes)
+                          temp_budget_bytes=8 * settings.max_upload_bytes, api=api_enabled(settings))
     return Middleware(Guard, settings=guard)
+
+
+def api_enabled(settings: ServeSettings) -> bool:
+    """The /v1 API rides on the dashboard when it listens on this machine only, or with API keys."""
+    from app.api import LOOPBACK
+
+    return settings.host in LOOPBACK or bool(settings.api_keys)
+
+
+def _mount_api(ui: Any, settings: ServeSettings) -> str:
+    """The API at /v1 on Gradio's own app, sharing the Playground's service; a word for the start-up line."""
+    if not api_enabled(settings):
+        log.warning("the /v1 API is off: this server listens on %s and has no --api-key", settings.host)
+        return ""
+    from app.api import mount_api
+    from app.api_service import shared_service
+
+    mount_api(ui.server_app, shared_service(), settings.api_keys)
+    return " · API on /v1" + (" (key required)" if settings.api_keys else "")
 
 
 def _background(settings: ServeSettings) -> Callable[[], None]:
@@ -122,9 +141,10 @@ def serve(settings: ServeSettings, *, block: bool = True, on_start: Callable[[st
     try:
         ui.queue(default_concurrency_limit=4)
         _launch(ui, settings, CSS)
+        api = _mount_api(ui, settings)
         stop = _background(settings)  # only now: a server that cannot listen never claims a job
         local = f"http://{settings.host}:{settings.port}/"
-        print(f"LAMP Studio on {local}" + (" (login required)" if settings.auth else ""), flush=True)
+        print(f"LAMP Studio on {local}" + (" (login required)" if settings.auth else "") + api, flush=True)
         if on_start is not None:
             on_start(local)
         if block:

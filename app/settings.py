@@ -51,6 +51,8 @@ class ServeSettings:
     upload_quota_mb: int = DEFAULT_UPLOAD_QUOTA_MB
     uploads_total_mb: int = DEFAULT_UPLOADS_TOTAL_MB
     retention_days: float = DEFAULT_RETENTION_DAYS
+    api_keys: tuple[str, ...] = ()
+    """Bearer keys the /v1 API requires (separate from the dashboard's login); none: open on loopback only."""
 
     @property
     def max_upload_bytes(self) -> int:
@@ -127,3 +129,33 @@ def export_csv(frame: Any, name: str) -> str:
     frame.to_csv(partial, index=False)
     partial.replace(path)
     return str(path)
+
+
+@dataclass(frozen=True)
+class ApiLimits:
+    max_batch: int = 32
+    """Requests answered together in one gathered batch."""
+    max_wait_ms: float = 10.0
+    """How long the batcher waits for more requests after the first."""
+    max_queue: int = 256
+    """Requests waiting at most; beyond, a request is refused (HTTP 429) instead of queued."""
+    max_input_tokens: int = 1024
+    max_tokens: int = 256
+    """The largest `max_tokens` a completion may ask for."""
+    max_inputs: int = 64
+    """Inputs in one /v1/classify request."""
+    cache_mib: float = 256.0
+    """Prompts' keys and values kept between requests."""
+    device: str = "cpu"
+    max_prompts: int = 256
+    """Loaded job prompts kept (each a few KB on the backbone they share)."""
+
+
+API_KEYS_ENV = "LAMP_API_KEYS"
+
+
+def env_api_keys(given: list[str] | None = None) -> tuple[str, ...]:
+    """--api-key values, else LAMP_API_KEYS (comma-separated)."""
+    if given:
+        return tuple(k.strip() for k in given if k.strip())
+    return tuple(k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip())

@@ -77,6 +77,16 @@ class Codec:
         return out
 
 
+@dataclass(frozen=True)
+class RawCodec(Codec):
+    """A Codec whose source is the text as it is: no answer cue (a bare model asked to continue a text)."""
+
+    def source(self, text: str, budget: int | None = None) -> list[int]:
+        limit = self.max_length if budget is None else budget
+        ids: list[int] = list(self.tokenizer(text)["input_ids"])
+        return ids[-limit:] if self.family == "causal" else ids[:limit]
+
+
 @dataclass
 class Batch:
     """Token ids without the prompt; the prompt is prepended in `prompted_inputs`."""

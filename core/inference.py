@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import string
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,24 +17,27 @@ from core.backbone import Backbone, load_backbone, resolve_device
 from core.batching import Codec
 from core.errors import ConfigError
 from core.scoring import generate, rank_candidates
-from core.serving import Lane, Query, generate_mixed, rank_mixed
+from core.serving import Lane, PromptKV, Query, generate_mixed, rank_mixed
 from core.spec import ModelConfig
 
 _CACHE: OrderedDict[tuple[str, str, str, str], Backbone] = OrderedDict()
 CACHE_SIZE = 2
+_LOAD_LOCK = threading.RLock()
 
 
 def cached_backbone(model: ModelConfig, device: torch.device) -> Backbone:
-    """Frozen backbones are shared between prompts; the least recently used is dropped past CACHE_SIZE."""
+    """Frozen backbones are shared between prompts; the least recently used is dropped past CACHE_SIZE. One load
+    at a time (threads of a server asking for the same model at once get the one copy)."""
     key = (model.name, model.dtype, model.quantize, str(device))
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
-    backbone = load_backbone(model, device)
-    _CACHE[key] = backbone
-    while len(_CACHE) > CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return backbone
+    with _LOAD_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+        backbone = load_backbone(model, device)
+        _CACHE[key] = backbone
+        while len(_CACHE) > CACHE_SIZE:
+            _CACHE.popitem(last=False)
+        return backbone
 
 
 def template_fields(template: str) -> list[str]:
@@ -78,6 +82,10 @@ class Predictor:
         spec = artifact.spec
         self.codec = Codec.for_backbone(backbone, task["answer_cue"], spec.train.max_length)
         self.prompt = artifact.prompt().to(backbone.device)
+        manifest = Path(artifact.path) / "lamp_artifact.json"
+        self.key = (str(artifact.path), manifest.stat().st_mtime_ns if manifest.is_file() else 0,
+                    str(backbone.device))
+        """Names this prompt in a PromptKV cache: the artifact and its version, on this device."""
         if self.prompt.shape[1] != backbone.hidden_size:
             raise ConfigError(f"the prompt has width {self.prompt.shape[1]} but the model's hidden size is "
                               f"{backbone.hidden_size}")
@@ -162,10 +170,12 @@ class MultiPredictor:
         flat = iter(self.answer(asks, sequential=sequential, max_new_tokens=max_new_tokens))
         return [[next(flat) for _ in group] for group in sources]
 
-    def answer(self, asks: Sequence[Ask], *, sequential: bool = False, max_new_tokens: int = 16
-               ) -> list[Prediction]:
+    def answer(self, asks: Sequence[Ask], *, sequential: bool = False, max_new_tokens: int = 16,
+               generate: bool = True, kv_cache: PromptKV | None = None) -> list[Prediction]:
         """A Prediction per ask, the same as each artifact's Predictor.predict gives. Batched: one pass of mixed
-        batches for the generations and one for the label scores; `sequential`: one prompt after another."""
+        batches for the generations and one for the label scores; `sequential`: one prompt after another.
+        `generate=False` ranks the label words only (the generated text is left empty); `kv_cache` keeps each
+        prompt's keys and values between calls (a server's)."""
         if sequential:
             return self._one_prompt_at_a_time(asks, max_new_tokens)
         lanes: dict[tuple[int | None, str, int], int] = {}  # bare lanes of artifacts with one codec are one lane
@@ -176,11 +186,17 @@ class MultiPredictor:
             key = (None if ask.bare else ask.prompt, pred.codec.answer_cue, pred.codec.max_length)
             lane = lanes.setdefault(key, len(lanes))
             rows.append(queries.setdefault(Query(lane, ask.source, pred.label_words or ()), len(queries)))
-        lane_list = [Lane(None if k is None else self.predictors[k].prompt, self._codec(cue, length))
+        lane_list = [Lane(None if k is None else self.predictors[k].prompt, self._codec(cue, length),
+                          None if k is None else self.predictors[k].key)
                      for (k, cue, length) in lanes]
         unique = list(queries)
-        texts = generate_mixed(self.backbone, lane_list, unique, max_new_tokens=max_new_tokens)
-        scores = rank_mixed(self.backbone, lane_list, unique)
+        texts = (generate_mixed(self.backbone, lane_list, unique, max_new_tokens=max_new_tokens, kv_cache=kv_cache)
+                 if generate else [""] * len(unique))
+        labelled = [i for i, q in enumerate(unique) if q.candidates]
+        ranked = rank_mixed(self.backbone, lane_list, [unique[i] for i in labelled], kv_cache=kv_cache)
+        scores: list[list[float]] = [[] for _ in unique]
+        for i, row in zip(labelled, ranked, strict=True):
+            scores[i] = row
         return [_prediction(ask.source, texts[r], unique[r].candidates, scores[r])
                 for ask, r in zip(asks, rows, strict=True)]
 

@@ -297,20 +297,42 @@ def left_padded(backbone: Backbone, ids: list[list[int]]) -> Batch:
 def greedy_continue(backbone: Backbone, out: Any, mask: torch.Tensor, positions: torch.Tensor, new: int) -> list[str]:
     """Greedy decoding after a decoder-only prefill `out` (its logits and cache) whose rows all end at the same
     column: `mask` (B, T) and `positions` (B, S) are the prefill's; each step appends one column to both."""
+    tok = backbone.tokenizer
+    return [tok.decode(r, skip_special_tokens=True) for r in continue_ids(backbone, out, mask, positions, new)]
+
+
+def continue_ids(backbone: Backbone, out: Any, mask: torch.Tensor, positions: torch.Tensor, new: int, *,
+                 limits: Sequence[int] | None = None, temperatures: Sequence[float] | None = None,
+                 generator: torch.Generator | None = None) -> list[list[int]]:
+    """The new token ids of each row after a decoder-only prefill (greedy_continue's loop), the end marker
+    included where a row stops on it. `limits`: each row's own token budget (at most `new`); `temperatures`: each
+    row's sampling temperature (0: greedy, the same tokens as greedy_continue)."""
     tok, model, device = backbone.tokenizer, backbone.model, backbone.device
     rows = mask.shape[0]
-    done = [False] * rows
+    budget = [min(new, n) for n in limits] if limits is not None else [new] * rows
+    done = [n <= 0 for n in budget]
     result: list[list[int]] = [[] for _ in range(rows)]
+    temps = None
+    if temperatures is not None and any(t > 0 for t in temperatures):
+        temps = torch.tensor([t if t > 0 else 1.0 for t in temperatures], device=device)[:, None]
+        sampled = torch.tensor([t > 0 for t in temperatures], device=device)
     for _ in range(new):
-        nxt = out.logits[:, -1].argmax(-1)  # (B,)
+        if all(done):
+            break
+        logits = out.logits[:, -1]
+        nxt = logits.argmax(-1)  # (B,)
+        if temps is not None:
+            probs = torch.softmax(logits.float() / temps, dim=-1)
+            drawn = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(device)
+            nxt = torch.where(sampled, drawn, nxt)
         for r, token in enumerate(nxt.tolist()):  # one device sync per decoding step
             if not done[r]:
                 result[r].append(token)
-                done[r] = token == tok.eos_token_id
+                done[r] = token == tok.eos_token_id or len(result[r]) >= budget[r]
         if all(done):
             break
         mask = torch.cat([mask, torch.ones(rows, 1, dtype=mask.dtype, device=device)], dim=1)
         positions = positions[:, -1:] + 1
         out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions,
                     past_key_values=out.past_key_values, use_cache=True)
-    return [tok.decode(r, skip_special_tokens=True) for r in result]
+    return result

@@ -16,7 +16,9 @@ core.scoring.shared_prompt_cache does for one prompt, and gathered to the rows: 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 
 from core.backbone import Backbone
 from core.batching import Batch, Codec, Encoded, collate, eval_batches
-from core.scoring import answer_tokens, greedy_continue, left_padded, one_token_each, source_budget
+from core.scoring import answer_tokens, continue_ids, left_padded, one_token_each, source_budget
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,50 @@ class Lane:
     prompt: torch.Tensor | None
     """(n, d); None: the bare model."""
     codec: Codec
+    key: Hashable | None = None
+    """Names the prompt in a PromptKV cache (an artifact's path and version): its keys and values are computed
+    once and reused by later calls. None: computed for this call only."""
+
+
+LayerKV = list[tuple[torch.Tensor, torch.Tensor]]
+"""Per layer, one prompt's keys and values: (1, kv heads, n, head dim) each."""
+
+
+class PromptKV:
+    """Prompts' keys and values kept between calls, least recently used dropped past `max_mib` (thread-safe).
+
+    A tuned prompt does not change once trained, so a server computes its cache once, not on every request."""
+
+    def __init__(self, max_mib: float = 256.0) -> None:
+        self.max_bytes = int(max_mib * 2**20)
+        self._items: OrderedDict[Hashable, tuple[LayerKV, int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    @property
+    def bytes(self) -> int:
+        with self._lock:
+            return sum(size for _, size in self._items.values())
+
+    def get(self, key: Hashable) -> LayerKV | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            self._items.move_to_end(key)
+            return item[0]
+
+    def put(self, key: Hashable, kv: LayerKV) -> None:
+        size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
+        with self._lock:
+            self._items[key] = (kv, size)
+            self._items.move_to_end(key)
+            total = sum(s for _, s in self._items.values())
+            while total > self.max_bytes and len(self._items) > 1:
+                _, (_, dropped) = self._items.popitem(last=False)
+                total -= dropped
 
 
 @dataclass(frozen=True)
@@ -50,7 +96,7 @@ class Query:
 class PromptTable:
     """The lanes' prompts, padded on the left into one table, and on the CPU their keys and values."""
 
-    def __init__(self, backbone: Backbone, lanes: Sequence[Lane]) -> None:
+    def __init__(self, backbone: Backbone, lanes: Sequence[Lane], kv_cache: PromptKV | None = None) -> None:
         self.backbone = backbone
         self.lengths = [0 if lane.prompt is None else int(lane.prompt.shape[0]) for lane in lanes]
         width, d = max(self.lengths, default=0), backbone.hidden_size
@@ -60,7 +106,7 @@ class PromptTable:
             if lane.prompt is not None and n:
                 self.table[i, width - n :] = lane.prompt.to(backbone.device, backbone.dtype)
                 self.mask[i, width - n :] = 1
-        self.kv = _prompt_keys_values(backbone, [lane.prompt for lane in lanes], width)
+        self.kv = _prompt_keys_values(backbone, lanes, width, kv_cache)
 
     def width(self, lanes: torch.Tensor) -> int:
         """The prompt block's width for rows reading these lanes: their longest prompt."""
@@ -87,32 +133,47 @@ def use_prompt_cache(backbone: Backbone) -> bool:
     return backbone.family == "causal" and backbone.device.type == "cpu"
 
 
-def _prompt_keys_values(backbone: Backbone, prompts: Sequence[torch.Tensor | None], width: int
+def prompt_layer_kv(backbone: Backbone, prompt: torch.Tensor) -> LayerKV | None:
+    """One prompt's keys and values, batch 1, as core.scoring.shared_prompt_cache computes them; None where the
+    model's cache is not the plain dynamic one (sliding windows, hybrids)."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    cache = backbone.model.base_model(inputs_embeds=prompt.to(backbone.device, backbone.dtype)[None],
+                                      use_cache=True).past_key_values
+    layers = getattr(cache, "layers", None)
+    if type(cache) is not DynamicCache or not layers or any(type(x) is not DynamicLayer for x in layers):
+        return None
+    return [(layer.keys, layer.values) for layer in layers]
+
+
+def _prompt_keys_values(backbone: Backbone, lanes: Sequence[Lane], width: int, kv_cache: PromptKV | None = None
                         ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
     """Per layer, every lane's prompt keys and values padded on the left to `width`: (L, heads, width, head dim).
+    A lane with a key is read from (or added to) `kv_cache`.
 
     None off the CPU route, or where the model's cache is not the plain dynamic one (sliding windows, hybrids)."""
     if not use_prompt_cache(backbone) or width == 0:
         return None
-    from transformers.cache_utils import DynamicCache, DynamicLayer
-
     out: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for i, prompt in enumerate(prompts):
+    for i, lane in enumerate(lanes):
+        prompt = lane.prompt
         if prompt is None or prompt.shape[0] == 0:
             continue
-        cache = backbone.model.base_model(inputs_embeds=prompt.to(backbone.device, backbone.dtype)[None],
-                                          use_cache=True).past_key_values
-        layers = getattr(cache, "layers", None)
-        if type(cache) is not DynamicCache or not layers or any(type(x) is not DynamicLayer for x in layers):
-            return None
+        cacheable = kv_cache is not None and lane.key is not None
+        layers = kv_cache.get(lane.key) if cacheable else None  # type: ignore[union-attr]
+        if layers is None:
+            layers = prompt_layer_kv(backbone, prompt)
+            if layers is None:
+                return None
+            if cacheable:
+                kv_cache.put(lane.key, layers)  # type: ignore[union-attr]
         if not out:  # zeros where a lane has no prompt or a shorter one: masked out
-            out = [(layer.keys.new_zeros(len(prompts), layer.keys.shape[1], width, layer.keys.shape[3]),
-                    layer.values.new_zeros(len(prompts), layer.values.shape[1], width, layer.values.shape[3]))
-                   for layer in layers]
+            out = [(k.new_zeros(len(lanes), k.shape[1], width, k.shape[3]),
+                    v.new_zeros(len(lanes), v.shape[1], width, v.shape[3])) for k, v in layers]
         n = prompt.shape[0]
-        for (keys, values), layer in zip(out, layers, strict=True):
-            keys[i, :, width - n :] = layer.keys[0]
-            values[i, :, width - n :] = layer.values[0]
+        for (keys, values), (k, v) in zip(out, layers, strict=True):
+            keys[i, :, width - n :] = k[0]
+            values[i, :, width - n :] = v[0]
     return out or None
 
 
@@ -185,10 +246,10 @@ def _lanes(queries: Sequence[Query], idx: list[int], device: torch.device) -> to
 
 @torch.no_grad()
 def rank_mixed(backbone: Backbone, lanes: Sequence[Lane], queries: Sequence[Query], *,
-               batch_size: int = 32) -> list[list[float]]:
+               batch_size: int = 32, kv_cache: PromptKV | None = None) -> list[list[float]]:
     """core.scoring.rank_candidates for rows that each read their own lane's prompt: log-likelihood of each
     candidate's words after each query's source, a list of scores per query."""
-    prompts = PromptTable(backbone, lanes)
+    prompts = PromptTable(backbone, lanes, kv_cache)
     codecs = [lanes[q.lane].codec for q in queries]
     by_lane = [answer_tokens(lane.codec, [q.candidates for q in queries if q.lane == i])  # each word tokenised once
                for i, lane in enumerate(lanes)]
@@ -231,30 +292,47 @@ def _sort_key(backbone: Backbone, prompts: PromptTable, query: Query, length: in
 
 @torch.no_grad()
 def generate_mixed(backbone: Backbone, lanes: Sequence[Lane], queries: Sequence[Query], *,
-                   max_new_tokens: int = 16, batch_size: int = 16) -> list[str]:
+                   max_new_tokens: int = 16, batch_size: int = 16, kv_cache: PromptKV | None = None) -> list[str]:
     """core.scoring.generate for rows that each read their own lane's prompt: greedy answers, one per query."""
-    prompts = PromptTable(backbone, lanes)
+    tok = backbone.tokenizer
+    ids = generate_mixed_ids(backbone, lanes, queries, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                             kv_cache=kv_cache)
+    return [tok.decode(row, skip_special_tokens=True).strip() for row in ids]
+
+
+@torch.no_grad()
+def generate_mixed_ids(backbone: Backbone, lanes: Sequence[Lane], queries: Sequence[Query], *,
+                       max_new_tokens: int = 16, batch_size: int = 16, kv_cache: PromptKV | None = None,
+                       limits: Sequence[int] | None = None, temperatures: Sequence[float] | None = None,
+                       generator: torch.Generator | None = None) -> list[list[int]]:
+    """The new token ids of each query's answer (the end marker included where it stopped on one). `limits` and
+    `temperatures`: each query's own token budget and sampling temperature (0: greedy; decoder-only models)."""
+    prompts = PromptTable(backbone, lanes, kv_cache)
     encoded = [lanes[q.lane].codec.source(q.source) for q in queries]
-    out: list[str] = [""] * len(queries)
+    out: list[list[int]] = [[] for _ in queries]
     for idx in eval_batches([_sort_key(backbone, prompts, q, len(e)) for q, e in zip(queries, encoded, strict=True)],
                             batch_size):
         lane_ids = _lanes(queries, idx, backbone.device)
         if backbone.family == "seq2seq":
-            texts = _generate_seq2seq(backbone, prompts, lane_ids, [encoded[i] for i in idx], max_new_tokens)
+            rows = _generate_seq2seq(backbone, prompts, lane_ids, [encoded[i] for i in idx], max_new_tokens)
         else:
             x = _causal_inputs(backbone, prompts, lane_ids, left_padded(backbone, [encoded[i] for i in idx]))
             prefill = backbone.model(inputs_embeds=x.embeds, attention_mask=x.mask, position_ids=x.positions,
                                      past_key_values=x.cache, use_cache=True, logits_to_keep=1)
-            texts = greedy_continue(backbone, prefill, x.mask, x.positions, max_new_tokens)
-        for i, text in zip(idx, texts, strict=True):
-            out[i] = text.strip()
+            rows = continue_ids(backbone, prefill, x.mask, x.positions, max_new_tokens,
+                                limits=[limits[i] for i in idx] if limits is not None else None,
+                                temperatures=[temperatures[i] for i in idx] if temperatures is not None else None,
+                                generator=generator)
+        for i, row in zip(idx, rows, strict=True):
+            out[i] = row
     return out
 
 
 def _generate_seq2seq(backbone: Backbone, prompts: PromptTable, lanes: torch.Tensor, ids: list[list[int]],
-                      new: int) -> list[str]:
+                      new: int) -> list[list[int]]:
     batch = collate([Encoded(s, [0]) for s in ids], "seq2seq", backbone.tokenizer.pad_token_id, backbone.device)
     embeds, mask = _encoder_inputs(backbone, prompts, lanes, batch)
     tokens = backbone.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=new,
                                      do_sample=False, num_beams=1)
-    return list(backbone.tokenizer.batch_decode(tokens, skip_special_tokens=True))
+    pad, start = backbone.tokenizer.pad_token_id, backbone.model.config.decoder_start_token_id
+    return [[t for t in row if t not in (pad, start)] for row in tokens.tolist()]
