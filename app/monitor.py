@@ -188,6 +188,9 @@ def job_details(job_id: int | None) -> Details:
         lines.append(f"Test: {metrics} · trainable params **{result.trainable_params:,}** · peak memory "
                      f"{result.peak_memory_mb:,.0f} MiB · training {format_seconds(result.train_seconds)} · "
                      f"{result.examples_per_second:.1f} examples/s")
+        if job.status == Status.SUCCEEDED:
+            lines.append(call_snippet(job.id, bool(spec.get("data", {}).get("label_column") or
+                                                   spec.get("data", {}).get("task"))))
     # The points' count and last id (one indexed aggregate per poll): the final evaluation changes neither the step
     # nor the status, and its point must still be drawn without a reload.
     signature = (job.status, job.step, job.cancel_requested, job.attempts, result is not None,
@@ -195,6 +198,23 @@ def job_details(job_id: int | None) -> Details:
     return Details("\n\n".join(lines), job.error or "", job.status in (Status.QUEUED, Status.RUNNING)
                    and not job.cancel_requested, job.status in RETRYABLE,
                    job.status == Status.SUCCEEDED, signature)
+
+
+def call_snippet(job_id: int, labelled: bool = True) -> str:
+    """How to call the job's prompt from code: the API on this server (`/v1`, README "API"), with curl and Python.
+    LAMP_URL is this page's address; the key is one given to `lamp serve --api-key` (none on loopback)."""
+    model = f"job-{job_id}"
+    curl = (f"curl -s $LAMP_URL/v1/classify -H \"Authorization: Bearer $LAMP_API_KEY\" \\\n"
+            f"  -H 'content-type: application/json' -d '{{\"model\": \"{model}\", \"input\": [\"your text\"]}}'"
+            if labelled else
+            f"curl -s $LAMP_URL/v1/completions -H \"Authorization: Bearer $LAMP_API_KEY\" \\\n"
+            f"  -H 'content-type: application/json' -d '{{\"model\": \"{model}\", \"prompt\": \"your text\", "
+            f"\"max_tokens\": 16}}'")
+    python = (f"from openai import OpenAI\n"
+              f"client = OpenAI(base_url=LAMP_URL + \"/v1\", api_key=LAMP_API_KEY or \"none\")\n"
+              f"client.completions.create(model=\"{model}\", prompt=\"your text\", max_tokens=16).choices[0].text")
+    return (f"**Call it from code** as `{model}` (LAMP_URL: this page's address; the key: one given to `lamp serve "
+            f"--api-key`, none needed on this machine):\n\n```bash\n{curl}\n```\n\n```python\n{python}\n```")
 
 
 def warm_start_text(init_from: str) -> str:

@@ -291,9 +291,10 @@ def cmd_inspect(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from core.export import export_peft
+    from core.export import export_peft, export_prompt_embeds
 
-    out = export_peft(a.artifact, a.out, base_model=a.base_model)
+    out = (export_prompt_embeds(a.artifact, a.out) if a.format == "prompt-embeds"
+           else export_peft(a.artifact, a.out, base_model=a.base_model))
     print(str(out))
     return 0
 
@@ -337,9 +338,11 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_params)
 
-    p = sub.add_parser("export", help="write a PEFT prompt-tuning adapter of the pooled prompt")
+    p = sub.add_parser("export", help="write the pooled prompt as a PEFT adapter or as prompt embeddings (vLLM)")
     p.add_argument("--artifact", required=True)
-    p.add_argument("--format", default="peft", choices=["peft"])
+    p.add_argument("--format", default="peft", choices=["peft", "prompt-embeds"],
+                   help="peft: a prompt-tuning adapter; prompt-embeds: the tensor with its backbone and template, "
+                        "for engines that take embeddings as input (core.prompt_embeds builds the request)")
     p.add_argument("--out", required=True)
     p.add_argument("--base-model", default=None, help="base model id to record (default: the one trained on)")
     p.set_defaults(handler=cmd_export)

@@ -6,6 +6,7 @@ before the encoder only, so the adapter says 1. The weights file holds one tenso
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -33,4 +34,33 @@ def export_peft(artifact_dir: str | Path, out_dir: str | Path, base_model: str |
     out.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(str(out))
     save_file({"prompt_embeddings": prompt.contiguous()}, str(out / "adapter_model.safetensors"))
+    return out
+
+
+PROMPT_EMBEDS = "prompt_embeds.safetensors"
+PROMPT_EMBEDS_META = "prompt_embeds.json"
+
+
+def export_prompt_embeds(artifact_dir: str | Path, out_dir: str | Path) -> Path:
+    """The pooled prompt as a plain tensor for engines that take embeddings as input (vLLM's
+    `--enable-prompt-embeds`): `prompt_embeds.safetensors` holds `prompt_embeds` (l/p, d) in float32, and
+    `prompt_embeds.json` the backbone, the task's template, answer cue and label words (core.prompt_embeds builds
+    a request from both)."""
+    artifact = load_artifact(artifact_dir)
+    model = artifact.manifest["model"]
+    prompt = artifact.prompt()
+    if prompt.shape[1] != model["hidden_size"]:
+        raise ArtifactError(f"{artifact_dir}: prompt width {prompt.shape[1]} != hidden size {model['hidden_size']}")
+    if model["family"] != "causal":
+        raise ArtifactError(f"{artifact_dir}: prompt embeddings as an input are for decoder-only models; this one is "
+                            "encoder-decoder (export --format peft instead)")
+    task = artifact.manifest["task"]
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({"prompt_embeds": prompt.float().contiguous()}, str(out / PROMPT_EMBEDS))
+    meta = {"backbone": model["hub_id"], "hidden_size": int(prompt.shape[1]), "prompt_tokens": int(prompt.shape[0]),
+            "dtype": artifact.spec.model.dtype, "template": task["template"] or "{text}",
+            "answer_cue": task["answer_cue"], "label_words": artifact.label_words,
+            "layout": "[prompt_embeds; embed(tokenizer(template.format(text) + '\\n' + answer_cue + ':'))]"}
+    (out / PROMPT_EMBEDS_META).write_text(json.dumps(meta, indent=2) + "\n")
     return out

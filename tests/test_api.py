@@ -272,3 +272,38 @@ def test_stop_strings_cut_the_text_at_the_first() -> None:
     assert apply_stop("good. Next line", [".", "Next"]) == ("good", True)
     assert apply_stop("no stop here", ["###"]) == ("no stop here", False)
 
+
+
+def test_a_prompt_embeds_export_builds_the_input_the_model_reads(jobs_home: tuple[Path, list[int]],
+                                                                tmp_path: Path) -> None:
+    """`lamp export --format prompt-embeds` and core.prompt_embeds: [prompt; embed(ids)] fed to the plain model as
+    inputs_embeds gives the label scores our own path gives; the vLLM encoding round-trips."""
+    import torch
+
+    from core.inference import Predictor, render_source
+    from core.prompt_embeds import ExportedPrompt, decode_embeds, encode_embeds
+    from jobs import store
+    from jobs.db import read
+
+    home, (lamp_id, _) = jobs_home
+    result = read(store.get_result, job_id=lamp_id)
+    assert result is not None
+    out = tmp_path / "embeds"
+    done = subprocess.run([*lamp_command(), "export", "--artifact", result.artifact, "--format", "prompt-embeds",
+                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    exported = ExportedPrompt.load(out)
+    predictor = Predictor.load(result.artifact, device="cpu")
+    backbone = predictor.backbone
+    assert exported.prompt.shape == predictor.prompt.shape and exported.meta["label_words"] == ["bad", "good"]
+    text = "a joy to watch"
+    embeds = exported.request(backbone.tokenizer, backbone.model.get_input_embeddings(), text)
+    ids = backbone.tokenizer(f"{render_source(predictor.template, text)}\n{predictor.codec.answer_cue}:")
+    assert embeds.shape == (exported.prompt.shape[0] + len(ids["input_ids"]), backbone.hidden_size)
+    torch.testing.assert_close(decode_embeds(encode_embeds(embeds)), embeds)
+    with torch.no_grad():
+        logits = backbone.model(inputs_embeds=embeds[None]).logits[0, -1].float()
+    words = [backbone.tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in ("bad", "good")]
+    theirs = torch.softmax(torch.log_softmax(logits, -1)[words], -1)
+    ours = predictor.predict([render_source(predictor.template, text)])[0].scores
+    torch.testing.assert_close(theirs, torch.tensor([ours["bad"], ours["good"]]), atol=1e-4, rtol=0)

@@ -282,6 +282,9 @@ def test_jobs_tab_shows_status_progress_curves_and_downloads(finished_jobs_any_s
     assert row["Result"].startswith("accuracy ")
     details = monitor.job_details(finished_jobs[0])
     assert "Job 1: SUCCEEDED" in details.markdown.replace(f"Job {finished_jobs[0]}", "Job 1")
+    # how to call it from code: the API's model id in curl and in Python
+    assert f'"model": "job-{finished_jobs[0]}"' in details.markdown and "/v1/classify" in details.markdown
+    assert f'model="job-{finished_jobs[0]}"' in details.markdown
     assert (details.can_cancel, details.can_retry, details.can_download) == (False, False, True)
     fig = monitor.curve_figure(finished_jobs[0])
     loss = [t for t in fig.data if t.name == "train loss"]
