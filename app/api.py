@@ -183,7 +183,8 @@ def build_api(service: ApiService, keys: Sequence[str] = ()) -> FastAPI:
         works = service.classify(target, inputs)
         answers = [await asyncio.wrap_future(w.future) for w in works]
         return JSONResponse({"object": "list", "model": target.entry.id, "data": [
-            {"index": i, "label": a.answer, "probabilities": a.scores} for i, a in enumerate(answers)]},
+            {"index": i, "label": a.answer, "probabilities": a.scores} for i, a in enumerate(answers)],
+            "usage": {"prompt_tokens": sum(w.tokens for w in works), "total_tokens": sum(w.tokens for w in works)}},
             headers=_batch_header(works))
 
     async def complete(body: dict[str, Any], source_of: Any) -> tuple[Target, Completion, str, str, dict[str, str]]:

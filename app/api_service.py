@@ -32,6 +32,8 @@ from jobs.db import read
 from jobs.models import Status
 
 log = logging.getLogger(__name__)
+RESOLVE_TTL_S = 30.0
+"""How long a resolved model is trusted before the store is read again (a deleted job stops being served then)."""
 
 
 class ApiError(LampError):
@@ -102,6 +104,8 @@ class Work:
     queued_at: float = field(default_factory=time.monotonic)
     batch_size: int = 0
     """Requests in the gathered batch that answered this one (set when it is answered)."""
+    tokens: int = 0
+    """The input's tokens (counted when it is checked)."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,7 @@ class Registry:
     def __init__(self, limits: ApiLimits) -> None:
         self.limits = limits
         self._predictors: dict[int, Predictor] = {}
+        self._resolved: dict[str, tuple[float, Target]] = {}
         self._lock = threading.Lock()
         self._load = threading.Lock()
 
@@ -136,8 +141,22 @@ class Registry:
         return entries + [ModelEntry(name, name, created=created) for name, created in bare.items()]
 
     def resolve(self, model_id: Any) -> Target:
+        """The target of a request's `model`; a found one is remembered for RESOLVE_TTL_S (no store read per call)."""
         if not isinstance(model_id, str) or not model_id:
             raise ApiError(400, "`model` is required: a job-N id or a model name from GET /v1/models", param="model")
+        now = time.monotonic()
+        with self._lock:
+            known = self._resolved.get(model_id)
+        if known is not None and now - known[0] < RESOLVE_TTL_S:
+            return known[1]
+        target = self._resolve(model_id)
+        with self._lock:
+            self._resolved[model_id] = (now, target)
+            if len(self._resolved) > 4 * self.limits.max_prompts:
+                self._resolved.pop(next(iter(self._resolved)))
+        return target
+
+    def _resolve(self, model_id: str) -> Target:
         if model_id.startswith("job-") and model_id[4:].isdigit():
             return self._job(int(model_id[4:]), model_id)
         entry = next((e for e in self.models() if e.job is None and e.id == model_id), None)
@@ -301,20 +320,19 @@ class ApiService:
     def close(self) -> None:
         self.batcher.close()
 
-    def check_input(self, target: Target, source: str, param: str) -> None:
+    def check_input(self, target: Target, source: str, param: str) -> int:
         n = target.tokens(source)
         if n > self.limits.max_input_tokens:
             raise ApiError(400, f"the input is {n} tokens; this server takes at most {self.limits.max_input_tokens}",
                            code="context_length_exceeded", param=param)
+        return n
 
     def classify(self, target: Target, texts: Sequence[str]) -> list[Work]:
         if target.label_words is None:
             raise ApiError(400, f"{target.entry.id} has no label words to classify with: use a job-N model trained "
                                 "on a classification task", param="model")
         sources = [target.source(t) for t in texts]
-        for s in sources:
-            self.check_input(target, s, "input")
-        works = [Work(target, s, "rank") for s in sources]
+        works = [Work(target, s, "rank", tokens=self.check_input(target, s, "input")) for s in sources]
         self.batcher.submit(works)
         return works
 

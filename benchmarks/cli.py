@@ -60,6 +60,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--serving-queries", type=int, default=None, help=f"default {d.serving_queries}")
     p.add_argument("--serving-batch-sizes", type=_ints, default=None,
                    help="queries per call, each answered by every prompt (default 1,16)")
+    p.add_argument("--http-prompts", type=_ints, default=None,
+                   help="K jobs the serving-http clients call by turns (default 1,4,16)")
+    p.add_argument("--http-clients", type=_ints, default=None, help="concurrent clients (default 1,8,32)")
+    p.add_argument("--http-requests", type=int, default=None, help=f"requests per setting ({d.http_requests})")
     p.add_argument("--sections", type=_words, default=None, help=f"default {','.join(SECTIONS)}")
     p.add_argument("--quick", action="store_true", help="a few-minute variant (smaller batches, fewer configs)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default ./{DEFAULT_OUT})")
@@ -75,14 +79,14 @@ def settings_from_args(a: argparse.Namespace) -> BenchSettings:
 def summary(result: dict[str, Any], files: dict[str, str]) -> dict[str, Any]:
     """The headline figures for scripts: per section, each contender's main figure and its ratio to PEFT."""
     keys = {"steps": "step_s", "inference": "ms_per_example", "accuracy": "accuracy", "growth": "step_s",
-            "serving": "ms_per_query"}
-    groups = {"inference": "batch_size", "serving": "queries_per_call"}
+            "serving": "ms_per_query", "serving-http": "requests_per_s"}
+    groups = {"inference": "batch_size", "serving": "queries_per_call", "serving-http": "clients"}
     out: dict[str, Any] = {"out": str(Path(files["markdown"]).parent), "files": files,
                            "environment": result["environment"], "total_seconds": result["total_seconds"]}
     for section, data in result["sections"].items():
         key = keys[section]
         group = groups.get(section)
-        out[section] = [{"contender": r["contender"], **({group: r[group]} if group else {}), key: r[key],
+        out[section] = [{"contender": r["contender"], **({group: r.get(group)} if group else {}), key: r.get(key),
                          f"{key}_x_peft": r.get(f"{key}_x_peft"),
                          **({f"{key}_x_sequential": r[f"{key}_x_sequential"]} if section == "serving" else {})}
                         for r in data["rows"]]

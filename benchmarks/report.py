@@ -27,6 +27,12 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
                 ("rows per forward", "rows_per_forward", "d"),
                 ("ms per query, every prompt (median [min-max])", "ms_per_query", "spread_ms"),
                 ("queries/s", "queries_per_s", ".2f")],
+    "serving-http": [("contender", "contender", "s"), ("K prompts", "prompts", "d"), ("clients", "clients", "d"),
+                     ("p50 ms", "p50_ms", ".0f"), ("p99 ms", "p99_ms", ".0f"), ("requests/s", "requests_per_s", ".2f"),
+                     ("x one at a time", "requests_per_s_x_one", ".2f"),
+                     ("input tokens/s", "tokens_per_s", ".0f"), ("failed", "failed", "d"),
+                     ("answers", "codes", "codes"),
+                     ("bare p50 ms", "bare_p50_ms", ".0f"), ("x bare", "x_bare", ".2f")],
 }
 RATIOS = (("x_sequential", "x sequential"), ("x_peft", "x PEFT"))
 """Ratio columns that follow a figure when its rows carry `<key>_<suffix>`."""
@@ -36,6 +42,7 @@ TITLES = {
     "accuracy": "Test accuracy of each method at its own defaults, over seeds (ranked label words)",
     "growth": "Growth with the prompt length",
     "serving": "Serving several prompts: mixed batches against one prompt at a time",
+    "serving-http": "The API over HTTP: a real `lamp api` process, concurrent clients",
 }
 
 
@@ -51,6 +58,8 @@ def _cell(row: Row, key: str, fmt: str) -> str:
         return f"{value:.3f} ± {row[key + '_std']:.3f} [{row[key + '_low']:.3f}-{row[key + '_high']:.3f}]"
     if fmt == "list":
         return ", ".join(f"{v:.3f}" for v in value)
+    if fmt == "codes":
+        return ", ".join(f"{code}: {n}" for code, n in sorted(value.items(), key=lambda kv: str(kv[0])))
     if fmt == "kib":
         return f"{value / 1024:.1f}"
     return format(value, fmt)
@@ -112,6 +121,13 @@ def markdown(result: dict[str, Any], command: str) -> str:
         "growth": f"Batch {s['growth_batch_size']}; LAMP with r={s['rank']}, p={s['default_pool']}. Ratios are "
                   "over PEFT at the same l.",
         "serving": _serving_note(s, result.get("serving_check") or {}),
+        "serving-http": (f"K succeeded jobs (LAMP l={s['length']} r={s['rank']} p={s['default_pool']}, untrained, one "
+                         "seed each) in a private store; `lamp api` on loopback; clients call /v1/classify with one "
+                         f"test review each, the jobs by turns, {s['http_requests']} requests per setting. The "
+                         f"batched server gathers up to {s['http_max_batch']} requests for {s['http_max_wait_ms']:g} "
+                         "ms; the one-at-a-time server is the same with --max-batch 1. PEFT answers the same stream "
+                         "in this process, one request at a time, without HTTP. Ratios are requests/s over the "
+                         "one-at-a-time server at the same K and clients, and over PEFT at the same K."),
     }
     for section, data in result["sections"].items():
         out += [f"## {TITLES[section]}", "", notes[section], "", markdown_table(section, data["rows"]), ""]

@@ -186,6 +186,12 @@ class Bench:
         rows, self.serving_check = serving(self)
         return rows
 
+    def serving_http(self) -> list[Row]:
+        """The API as clients meet it: a real `lamp api` process (benchmarks.serving_http)."""
+        from benchmarks.serving_http import serving_http
+
+        return serving_http(self)
+
 
 def with_ratios(rows: list[Row], keys: Sequence[str], group: str | None = None) -> list[Row]:
     """Add `<key>_x_peft`: each figure over the PEFT row's (of the same `group` value) from this run."""
@@ -232,7 +238,7 @@ def run_benchmark(s: BenchSettings, out: Path, log: Log = _stderr) -> dict[str, 
         f"loaded in {bench.load_seconds:.1f} s")
     for section in s.sections:
         tick = time.perf_counter()
-        rows = getattr(bench, section)()
+        rows = getattr(bench, section.replace("-", "_"))()
         result["sections"][section] = {"rows": rows, "seconds": round(time.perf_counter() - tick, 1)}
     result["memory_method"] = bench.memory_how
     result["peft_score_gap"] = getattr(bench, "peft_score_gap", None)

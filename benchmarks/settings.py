@@ -10,7 +10,7 @@ from core.methods import LampConfig
 from core.spec import DEFAULT_STEPS, RECIPES, DataConfig, ModelConfig, TrainConfig
 from core.tasks import BUILTIN_TASKS
 
-SECTIONS = ("steps", "inference", "accuracy", "growth", "serving")
+SECTIONS = ("steps", "inference", "accuracy", "growth", "serving", "serving-http")
 BUDGETS = ("steps", "time")
 
 
@@ -66,6 +66,15 @@ class BenchSettings:
     """Test inputs answered by each of the K prompts."""
     serving_batch_sizes: tuple[int, ...] = (1, 16)
     """Queries per call: each call answers them with all K prompts (batched: one forward of queries x K rows)."""
+    http_prompts: tuple[int, ...] = (1, 4, 16)
+    """K succeeded jobs the serving-http section's clients call by turns."""
+    http_clients: tuple[int, ...] = (1, 8, 32)
+    """Concurrent clients of the serving-http section."""
+    http_requests: int = 64
+    """Requests per (K, clients) setting (at least one per client)."""
+    http_max_batch: int = 32
+    http_max_wait_ms: float = 10.0
+    """The batched server's `--max-batch` and `--max-wait-ms`."""
     sections: tuple[str, ...] = SECTIONS
 
 
@@ -73,6 +82,7 @@ QUICK: dict[str, Any] = {
     "batch_size": 8, "repeats": 2, "pools": (1, 4), "infer_batch_sizes": (1, 8), "growth_lengths": (20, 100, 500),
     "growth_batch_size": 2, "accuracy_steps": 10, "accuracy_batch_size": 4, "accuracy_train_examples": 2000,
     "eval_examples": 64, "seeds": 2, "budgets": ("steps",), "serving_queries": 32, "serving_batch_sizes": (1, 8),
+    "http_prompts": (1, 4), "http_clients": (1, 8), "http_requests": 16,
 }
 """`--quick`: a few minutes on a 2-core CPU; explicit flags still win."""
 
