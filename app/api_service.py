@@ -278,7 +278,10 @@ class Batcher:
         multi = MultiPredictor(listed)
         asks = [Ask(predictors[id(w.target.predictor)], w.source, w.bare) for w in works]
         return multi.answer(asks, generate=works[0].generate, max_new_tokens=max(w.max_tokens for w in works),
-                            kv_cache=self.kv_cache)
+                            kv_cache=self.kv_cache, batch_size=self._rows(multi.backbone))
+
+    def _rows(self, backbone: Backbone) -> int:
+        return self.limits.forward_rows or (8 if backbone.device.type == "cpu" else 32)
 
     @torch.no_grad()
     def _complete(self, works: list[Work]) -> list[Completion]:
@@ -296,7 +299,8 @@ class Batcher:
                                                      self.limits.max_input_tokens)))
             queries.append(Query(lanes[key], w.source))
         ids = generate_mixed_ids(backbone, lane_list, queries, max_new_tokens=max(w.max_tokens for w in works),
-                                 kv_cache=self.kv_cache, limits=[w.max_tokens for w in works],
+                                 batch_size=self._rows(backbone), kv_cache=self.kv_cache,
+                                 limits=[w.max_tokens for w in works],
                                  temperatures=[w.temperature for w in works])
         eos = backbone.tokenizer.eos_token_id
         out = []

@@ -60,10 +60,12 @@ def cmd_serve(a: argparse.Namespace) -> int:
 def api_limits(a: argparse.Namespace) -> ApiLimits:
     limits = ApiLimits(max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, max_queue=a.max_queue,
                        max_input_tokens=a.max_input_tokens, max_tokens=a.max_tokens, cache_mib=a.cache_mib,
-                       device=a.device)
+                       device=a.device, forward_rows=a.forward_rows)
     for name in ("max_batch", "max_queue", "max_input_tokens", "max_tokens"):
         if getattr(limits, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    if limits.forward_rows is not None and limits.forward_rows < 1:
+        raise ConfigError("--forward-rows must be at least 1")
     if limits.max_wait_ms < 0 or limits.cache_mib < 0:
         raise ConfigError("--max-wait-ms and --cache-mib cannot be negative")
     return limits
@@ -151,6 +153,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-input-tokens", type=int, default=d.max_input_tokens, help=f"({d.max_input_tokens})")
     p.add_argument("--max-tokens", type=int, default=d.max_tokens,
                    help=f"the largest max_tokens a request may ask ({d.max_tokens})")
+    p.add_argument("--forward-rows", type=int, default=None,
+                   help="rows per forward inside a gathered batch (default: 8 on the CPU, 32 on a GPU)")
     p.add_argument("--cache-mib", type=float, default=d.cache_mib,
                    help=f"prompts' keys and values kept between requests ({d.cache_mib:g} MiB)")
     p.set_defaults(handler=cmd_api)

@@ -171,7 +171,7 @@ class MultiPredictor:
         return [[next(flat) for _ in group] for group in sources]
 
     def answer(self, asks: Sequence[Ask], *, sequential: bool = False, max_new_tokens: int = 16,
-               generate: bool = True, kv_cache: PromptKV | None = None) -> list[Prediction]:
+               generate: bool = True, kv_cache: PromptKV | None = None, batch_size: int = 32) -> list[Prediction]:
         """A Prediction per ask, the same as each artifact's Predictor.predict gives. Batched: one pass of mixed
         batches for the generations and one for the label scores; `sequential`: one prompt after another.
         `generate=False` ranks the label words only (the generated text is left empty); `kv_cache` keeps each
@@ -190,10 +190,11 @@ class MultiPredictor:
                           None if k is None else self.predictors[k].key)
                      for (k, cue, length) in lanes]
         unique = list(queries)
-        texts = (generate_mixed(self.backbone, lane_list, unique, max_new_tokens=max_new_tokens, kv_cache=kv_cache)
-                 if generate else [""] * len(unique))
+        texts = (generate_mixed(self.backbone, lane_list, unique, max_new_tokens=max_new_tokens, kv_cache=kv_cache,
+                                batch_size=min(batch_size, 16)) if generate else [""] * len(unique))
         labelled = [i for i, q in enumerate(unique) if q.candidates]
-        ranked = rank_mixed(self.backbone, lane_list, [unique[i] for i in labelled], kv_cache=kv_cache)
+        ranked = rank_mixed(self.backbone, lane_list, [unique[i] for i in labelled], kv_cache=kv_cache,
+                            batch_size=batch_size)
         scores: list[list[float]] = [[] for _ in unique]
         for i, row in zip(labelled, ranked, strict=True):
             scores[i] = row
