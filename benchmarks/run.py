@@ -22,6 +22,7 @@ from benchmarks.settings import BenchSettings
 from core.backbone import Backbone, load_backbone, resolve_device
 from core.batching import Codec, Encoded
 from core.methods import DptConfig, LampConfig, MethodConfig, PromptTuningConfig
+from core.serving import Lane, PromptKV, Query, rank_mixed
 from core.spec import DataConfig, ModelConfig
 from core.tasks import TaskData, load_builtin_task
 from core.vocab import common_token_ids
@@ -134,6 +135,14 @@ class Bench:
             prompt = contender.prompt()  # stored in the artifact: built once, not per call
             scorers.append((name, contender.method, contender.prompt_tokens,
                             partial(self._our_scores, prompt, words)))
+        cache, lane = PromptKV(), Lane(lamp_default.prompt(), self.codec, key="lamp-default")
+
+        def cached(sources: list[str]) -> Any:  # the API's path: the prompt's keys and values kept between calls
+            return rank_mixed(self.backbone, [lane], [Query(0, src, tuple(words)) for src in sources],
+                              batch_size=len(sources), kv_cache=cache)
+
+        scorers.append((f"lamp l={s.length} r={s.rank} p={s.default_pool}, keys and values cached (API)",
+                        lamp_default.method, lamp_default.prompt_tokens, cached))
         scorers.append(("bare model: no prompt", "floor", 0, partial(self._our_scores, None, words)))
         # Scoring PEFT's prompt through our code must give PEFT's own scores, or the accuracy table is unfair.
         check = [e.source for e in self.task.test[: max(s.infer_batch_sizes)]]

@@ -111,7 +111,8 @@ def test_inference_rows_per_batch_size_and_peft_scores_match_ours(run: tuple[Pat
     for batch in (1, 4):
         group = {r["contender"]: r for r in rows if r["batch_size"] == batch}
         assert set(group) == {f"PEFT prompt tuning l={LENGTH}", f"lamp l={LENGTH} r={RANK} p=1",
-                              f"lamp l={LENGTH} r={RANK} p=4", f"prompt-tuning l={LENGTH}", "bare model: no prompt"}
+                              f"lamp l={LENGTH} r={RANK} p=4", f"prompt-tuning l={LENGTH}", "bare model: no prompt",
+                              f"lamp l={LENGTH} r={RANK} p=4, keys and values cached (API)"}
         peft = group[f"PEFT prompt tuning l={LENGTH}"]
         assert peft["ms_per_example_x_peft"] == 1.0
         for row in group.values():

@@ -1,0 +1,143 @@
+"""Where a training step's time goes: LAMP (l=100 r=8 p=4) against the floor (the frozen model, no prompt, backward
+to the input embeddings), phase by phase, on the benchmark's first batch of Rotten Tomatoes.
+
+Phases of a LAMP step on the CPU route (core.scoring.causal_hidden): the prompt module builds P' (SVD factors,
+compressed outer product, pooling); P' runs through the model once (batch 1) into a key/value cache expanded to the
+batch; the rows run with that cache, then the LM head at the label positions and the loss; the backward pass (into
+the rows, through the cache into the prompt's pass, into U, Q, V); clipping and AdamW. The floor has the rows'
+forward and backward only. Each phase is timed on its own (torch on 2 threads), median of --repeats steps after
+--warmup; the sum is checked against whole steps timed the way the benchmark times them.
+
+    LAMP_HOME=... .venv/bin/python scripts/profile_step.py [--repeats 7] [--threads 2] [--batch-size 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--model", default="default")
+    a = parser.parse_args()
+    torch.set_num_threads(a.threads)
+
+    from core.backbone import load_backbone
+    from core.batching import Codec, collate
+    from core.methods import LampConfig, build_prompt
+    from core.scoring import _prompt_mask, loss_fn, shared_prompt_cache
+    from core.spec import DataConfig, ModelConfig
+    from core.tasks import load_builtin_task
+    from core.train import optimizer_step
+    from core.vocab import common_token_ids
+
+    backbone = load_backbone(ModelConfig(a.model), torch.device("cpu"))
+    task = load_builtin_task("rotten_tomatoes", seed=DataConfig().split_seed)
+    codec = Codec.for_backbone(backbone, task.answer_cue, 256)
+    items = codec.encode_many([(e.source, e.target) for e in task.train[: a.batch_size]])
+    batch = collate(items, backbone.family, backbone.tokenizer.pad_token_id, backbone.device)
+    table = backbone.embedding_table()
+    module, _ = build_prompt(LampConfig(length=100, rank=8, pool=4), table, common_token_ids(backbone.tokenizer),
+                             torch.Generator().manual_seed(42))
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=0.01, weight_decay=1e-5)
+    model = backbone.model.base_model
+    head = backbone.model.get_output_embeddings()
+    empty = torch.zeros(0, backbone.hidden_size, requires_grad=True)
+
+    def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+        tick = time.perf_counter()
+        out = fn()
+        return time.perf_counter() - tick, out
+
+    def rows_loss(hidden: torch.Tensor) -> torch.Tensor:
+        labels = batch.labels[:, 1:]
+        keep = labels != -100
+        logits = head(hidden[:, :-1][keep]).float()
+        return F.cross_entropy(logits, labels[keep])
+
+    def lamp_phases() -> dict[str, float]:
+        out: dict[str, float] = {}
+        optimizer.zero_grad(set_to_none=True)
+        out["prompt module: P' from U, Q, V"], prompt = timed(module)
+        out["prompt's own pass (batch 1) into the cache"], cache = timed(
+            lambda: shared_prompt_cache(backbone, prompt, batch.size))
+
+        def forward() -> torch.Tensor:
+            embeds = backbone.input_embeddings(batch.input_ids)
+            mask = _prompt_mask(prompt.shape[0], batch.attention_mask)
+            hidden = model(inputs_embeds=embeds, attention_mask=mask, past_key_values=cache,
+                           use_cache=True).last_hidden_state
+            return rows_loss(hidden)
+
+        out["rows' forward (attending to the cache), LM head, loss"], loss = timed(forward)
+        out["backward (rows, cache, prompt pass, U Q V)"], _ = timed(loss.backward)
+
+        def update() -> None:
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+
+        out["clip + AdamW"], _ = timed(update)
+        return out
+
+    def floor_phases() -> dict[str, float]:
+        out: dict[str, float] = {}
+
+        def forward() -> torch.Tensor:
+            embeds = backbone.input_embeddings(batch.input_ids)
+            embeds = torch.cat([empty.expand(batch.size, 0, -1), embeds], dim=1)
+            hidden = model(inputs_embeds=embeds, attention_mask=batch.attention_mask).last_hidden_state
+            return rows_loss(hidden)
+
+        out["rows' forward (attending to the cache), LM head, loss"], loss = timed(forward)
+        out["backward (rows, cache, prompt pass, U Q V)"], _ = timed(loss.backward)
+        return out
+
+    def whole_lamp() -> float:
+        return timed(lambda: optimizer_step(loss_fn(backbone, module(), batch), params, optimizer, 1.0))[0]
+
+    def whole_floor() -> float:
+        return timed(lambda: loss_fn(backbone, empty, batch).backward())[0]
+
+    runs: dict[str, list[dict[str, float]]] = {"lamp": [], "floor": []}
+    wholes: dict[str, list[float]] = {"lamp": [], "floor": []}
+    for i in range(a.warmup + a.repeats):  # interleaved: a passing load falls on both alike
+        lamp, floor = lamp_phases(), floor_phases()
+        wl, wf = whole_lamp(), whole_floor()
+        if i >= a.warmup:
+            runs["lamp"].append(lamp)
+            runs["floor"].append(floor)
+            wholes["lamp"].append(wl)
+            wholes["floor"].append(wf)
+    phases = list(runs["lamp"][0])
+    rows = []
+    for name in phases:
+        lamp_s = statistics.median(r[name] for r in runs["lamp"])
+        floor_s = statistics.median(r[name] for r in runs["floor"]) if name in runs["floor"][0] else 0.0
+        rows.append({"phase": name, "lamp_s": round(lamp_s, 4), "floor_s": round(floor_s, 4),
+                     "extra_s": round(lamp_s - floor_s, 4)})
+    result = {"batch": a.batch_size, "width": int(batch.input_ids.shape[1]), "threads": a.threads,
+              "repeats": a.repeats, "phases": rows,
+              "whole_step_s": {k: round(statistics.median(v), 4) for k, v in wholes.items()},
+              "lamp_x_floor": round(statistics.median(wholes["lamp"]) / statistics.median(wholes["floor"]), 3)}
+    print("| phase | LAMP s | floor s | LAMP - floor |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['phase']} | {r['lamp_s']:.3f} | {r['floor_s']:.3f} | {r['extra_s']:+.3f} |")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
