@@ -24,6 +24,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGINT, as Ctrl-C would; killed if it has not ended after 30 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class Server:
     def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None, wait: bool = True) -> None:
         self.home = home
@@ -53,13 +64,7 @@ class Server:
                 time.sleep(0.5)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
     def memory_mb(self) -> dict[str, float]:
         """The server process's resident memory now (VmRSS) and at its peak (VmHWM), MiB."""

@@ -6,7 +6,6 @@ bad requests."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_support import Server, free_port
+from serve_support import Server, free_port, stop_process
 from test_jobs_support import lamp_command, tiny_spec, worker_store
 
 KEY = "sk-test-0123456789"
@@ -29,12 +28,7 @@ class Api:
     log: Path
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc)
 
 
 def start_api(home: Path, *args: str) -> Api:
@@ -285,7 +279,7 @@ def test_a_prompt_embeds_export_builds_the_input_the_model_reads(jobs_home: tupl
     from jobs import store
     from jobs.db import read
 
-    home, (lamp_id, _) = jobs_home
+    _, (lamp_id, _) = jobs_home
     result = read(store.get_result, job_id=lamp_id)
     assert result is not None
     out = tmp_path / "embeds"

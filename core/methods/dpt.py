@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
-from core.methods.checks import length_rank_issues
+from core.methods.checks import UnpooledPrompt, length_rank_issues
 
 
 @dataclass(frozen=True)
-class DptConfig:
+class DptConfig(UnpooledPrompt):
     length: int = 100
     """l: soft-prompt tokens."""
     rank: int = 8
@@ -26,14 +26,6 @@ class DptConfig:
         issues = length_rank_issues(self.length, self.rank)
         if issues:
             raise ConfigError("\n".join(issues))
-
-    @property
-    def prompt_tokens(self) -> int:
-        return self.length
-
-    def check_hidden_size(self, hidden_size: int) -> None:
-        if self.rank > hidden_size:
-            raise ConfigError(f"rank={self.rank} > hidden size {hidden_size}: lower --rank to {hidden_size}")
 
     def trainable_params(self, hidden_size: int) -> int:
         return self.length * self.rank + self.rank * hidden_size

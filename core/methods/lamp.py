@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
-from core.methods.checks import length_rank_issues
+from core.methods.checks import check_rank_fits, length_rank_issues
 
 LampInit = Literal["balanced", "paper"]
 
@@ -59,9 +59,7 @@ class LampConfig:
         return self.length // self.pool
 
     def check_hidden_size(self, hidden_size: int) -> None:
-        if self.rank > hidden_size:
-            raise ConfigError(f"rank={self.rank} > hidden size {hidden_size}: rank can be at most min(length, "
-                              f"hidden size); lower --rank to {hidden_size}")
+        check_rank_fits(self.rank, hidden_size)
 
     def trainable_params(self, hidden_size: int) -> int:
         """U (l x r) + Q (r) + V (d x r)."""

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
-from core.methods.checks import length_issues
+from core.methods.checks import UnpooledPrompt, length_issues
 
 
 @dataclass(frozen=True)
-class PromptTuningConfig:
+class PromptTuningConfig(UnpooledPrompt):
     length: int = 100
     """l: soft-prompt tokens, each a free d-dimensional vector."""
 
@@ -23,13 +23,6 @@ class PromptTuningConfig:
         issues = length_issues(self.length)
         if issues:
             raise ConfigError("\n".join(issues))
-
-    @property
-    def prompt_tokens(self) -> int:
-        return self.length
-
-    def check_hidden_size(self, hidden_size: int) -> None:
-        return None
 
     def trainable_params(self, hidden_size: int) -> int:
         return self.length * hidden_size

@@ -24,11 +24,11 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
-from core.methods.checks import length_issues
+from core.methods.checks import UnpooledPrompt, length_issues
 
 
 @dataclass(frozen=True)
-class ResidualPtConfig:
+class ResidualPtConfig(UnpooledPrompt):
     length: int = 100
     """l: soft-prompt tokens."""
     bottleneck: int = 400
@@ -43,13 +43,6 @@ class ResidualPtConfig:
                           "use e.g. --bottleneck 400")
         if issues:
             raise ConfigError("\n".join(issues))
-
-    @property
-    def prompt_tokens(self) -> int:
-        return self.length
-
-    def check_hidden_size(self, hidden_size: int) -> None:
-        return None
 
     def trainable_params(self, hidden_size: int) -> int:
         """P (l x d) + W1 and b1 (d x m + m) + W2 and b2 (m x d + d) + the layer norm's weight and bias (2d)."""

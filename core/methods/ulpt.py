@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
-from core.methods.checks import length_issues
+from core.methods.checks import UnpooledPrompt, length_issues
 
 
 @dataclass(frozen=True)
-class UlptConfig:
+class UlptConfig(UnpooledPrompt):
     length: int = 100
     """l: soft-prompt tokens."""
     rank: int = 2
@@ -38,14 +38,6 @@ class UlptConfig:
             issues.append(f"rank={self.rank}: ULPT learns the prompt in at least 1 dimension; use e.g. --rank 2")
         if issues:
             raise ConfigError("\n".join(issues))
-
-    @property
-    def prompt_tokens(self) -> int:
-        return self.length
-
-    def check_hidden_size(self, hidden_size: int) -> None:
-        if self.rank > hidden_size:
-            raise ConfigError(f"rank={self.rank} > hidden size {hidden_size}: lower --rank to {hidden_size}")
 
     def trainable_params(self, hidden_size: int) -> int:
         """Z (l x r) + scale s (d) + shift b (d); the projection R is frozen."""
