@@ -4,6 +4,7 @@ trainable-parameter count for the chosen knobs."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -17,8 +18,10 @@ from core.methods import METHODS, LampConfig, method_config
 from core.spec import (
     DEFAULT_METHOD,
     DEFAULT_STEPS,
+    MLFLOW_ENV,
     PAPER,
     RECIPES,
+    TENSORBOARD_ENV,
     DataConfig,
     ModelConfig,
     RunSpec,
@@ -256,7 +259,10 @@ def _train_config(ints: dict[str, int | None], floats: dict[str, float | None], 
                        checkpoint_every=min(_T.checkpoint_every, ints["eval_every"] or _T.checkpoint_every),
                        seed=ints["seed"] or 0, init_from=init_from, device=str(v["device"]),
                        lr_scaling=_recipe_choice(v["lr_scaling"]),  # type: ignore[arg-type]
-                       prompt_init=_recipe_choice(v["prompt_init"]))  # type: ignore[arg-type]
+                       prompt_init=_recipe_choice(v["prompt_init"]),  # type: ignore[arg-type]
+                       # the operator's tracking (the server's environment) applies to the dashboard's jobs too
+                       mlflow_uri=os.environ.get(MLFLOW_ENV) or None,
+                       tensorboard_dir=os.environ.get(TENSORBOARD_ENV) or None)
 
 
 def _recipe_choice(value: Any) -> str | None:

@@ -18,6 +18,7 @@ from app.settings import exports_dir
 from core.errors import ArtifactError, ConfigError
 from core.spec import spec_from_dict
 from core.tasks.base import report_notes
+from core.tracking import where_logged
 from jobs import store
 from jobs.db import read
 from jobs.models import FINISHED, Job, MetricPoint, Result, Status
@@ -175,6 +176,9 @@ def job_details(job_id: int | None) -> Details:
     ]
     if train.get("init_from"):
         lines.append(warm_start_text(str(train["init_from"])))
+    logged = where_logged(train, f"job-{job.id}")
+    if logged:
+        lines.append(f"Logged to {logged}")
     found = read(store.trial_of_job, job_id=job.id)
     if found is not None:
         study, trial = found

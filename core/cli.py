@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,17 @@ from core.errors import LampError
 from core.events import Event
 from core.inputs import check_inputs
 from core.methods import METHODS, LampConfig, ResidualPtConfig, method_config, trainable_param_counts
-from core.spec import DEFAULT_METHOD, DEFAULT_STEPS, DataConfig, ModelConfig, RunSpec, TrainConfig, validate_spec
+from core.spec import (
+    DEFAULT_METHOD,
+    DEFAULT_STEPS,
+    MLFLOW_ENV,
+    TENSORBOARD_ENV,
+    DataConfig,
+    ModelConfig,
+    RunSpec,
+    TrainConfig,
+    validate_spec,
+)
 
 _M, _D, _T, _LAMP = ModelConfig(), DataConfig(), TrainConfig(), LampConfig()
 """The settings' own defaults: the flags below read them, so each is written once (core.spec, core.methods)."""
@@ -94,6 +105,11 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--generate-eval", action="store_true",
                    help="also score a classification task's test split by generation (greedy exact match)")
     g.add_argument("--no-generate-eval", action="store_true", help=argparse.SUPPRESS)  # the default; kept for scripts
+    g.add_argument("--mlflow", default=os.environ.get(MLFLOW_ENV) or None, metavar="URI",
+                   help=f"log the run to MLflow (e.g. sqlite:///runs/mlflow.db; or {MLFLOW_ENV}); needs the "
+                        "tracking extra")
+    g.add_argument("--tensorboard", default=os.environ.get(TENSORBOARD_ENV) or None, metavar="DIR",
+                   help=f"write TensorBoard event files under DIR (or {TENSORBOARD_ENV}); needs the tracking extra")
 
 
 def spec_from_args(a: argparse.Namespace) -> RunSpec:
@@ -113,7 +129,8 @@ def spec_from_args(a: argparse.Namespace) -> RunSpec:
                           weight_decay=a.weight_decay, warmup_steps=a.warmup_steps, grad_clip=a.grad_clip,
                           max_length=a.max_length, eval_every=a.eval_every, checkpoint_every=a.checkpoint_every,
                           seed=a.seed, init_from=a.init_from, device=a.device, threads=a.threads,
-                          generate_eval=a.generate_eval and not a.no_generate_eval,
+                          generate_eval=a.generate_eval and not a.no_generate_eval, mlflow_uri=a.mlflow,
+                          tensorboard_dir=a.tensorboard,
                           **_given(prompt_init=a.prompt_init, prompt_init_text=a.prompt_init_text,
                                    lr_scaling=a.lr_scaling)),
     )

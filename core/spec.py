@@ -101,6 +101,10 @@ class TrainConfig:
     generate_eval: bool = False
     """Also score the test split of a classification task by generation (exact match of the greedy answer), beside
     ranking its label words, which is the metric. Off by default: greedy decoding costs as much again as ranking."""
+    mlflow_uri: str | None = None
+    """An MLflow tracking URI the run logs to (`sqlite:///runs/mlflow.db` works offline; core.tracking)."""
+    tensorboard_dir: str | None = None
+    """A folder for TensorBoard event files (one subfolder per run)."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,9 @@ class Recipe:
     lr_scaling: LrScaling
     prompt_init: PromptInit
 
+
+MLFLOW_ENV, TENSORBOARD_ENV = "LAMP_MLFLOW_URI", "LAMP_TENSORBOARD_DIR"
+"""Where every run logs unless it says otherwise (the CLI's and the dashboard's default)."""
 
 MEASURED = Recipe(lr=0.08, lr_scaling="relative", prompt_init="text")
 """Measured over seeds on two tasks and two backbone families (README, "Choosing defaults")."""

@@ -161,8 +161,36 @@ def fit(
 
     Resumes from `out_dir/checkpoint.pt` when one with the same settings is there (prompt parameters, optimizer,
     step, data order and best checkpoint), so a killed run continues where its last checkpoint left it. With
-    `spec.train.init_from` the prompt starts from that finished run's prompt (core.warm_start).
+    `spec.train.init_from` the prompt starts from that finished run's prompt (core.warm_start). With
+    `spec.train.mlflow_uri` or `tensorboard_dir` the events are logged there too (core.tracking).
     """
+    t = spec.train
+    if not (t.mlflow_uri or t.tensorboard_dir):
+        return _fit(spec, out_dir, on_event, should_stop, backbone)
+    from core.tracking import open_trackers
+
+    validate_spec(spec)
+    trackers = open_trackers(spec_to_dict(spec), Path(out_dir).expanduser(), t.mlflow_uri, t.tensorboard_dir)
+
+    def emit(event: Event) -> None:
+        if on_event is not None:
+            on_event(event)
+        for tracker in trackers:
+            tracker(event)
+
+    try:
+        result = _fit(spec, out_dir, emit, should_stop, backbone)
+    except BaseException:
+        for tracker in trackers:
+            tracker.close(failed=True)
+        raise
+    for tracker in trackers:
+        tracker.close(failed=False)
+    return result
+
+
+def _fit(spec: RunSpec, out_dir: str | Path, on_event: Callback | None, should_stop: Callable[[], bool] | None,
+         backbone: Backbone | None) -> FitResult:
     validate_spec(spec)
     started = time.perf_counter()
     emit = on_event or (lambda event: None)
