@@ -24,7 +24,6 @@ from core.errors import LampError
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1 << 20
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def error_body(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
@@ -292,12 +291,3 @@ def standalone_app(service: ApiService, keys: Sequence[str]) -> FastAPI:
     root = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     mount_api(root, service, keys)
     return root
-
-
-def check_exposure(host: str, keys: Sequence[str]) -> None:
-    """The API needs a key whenever it listens beyond this machine."""
-    from core.errors import ConfigError
-
-    if host not in LOOPBACK and not any(keys):
-        raise ConfigError(f"the API would listen on {host} without a key: give --api-key KEY (or LAMP_API_KEYS), "
-                          "or listen on 127.0.0.1")

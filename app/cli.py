@@ -11,6 +11,7 @@ from app.settings import (
     API_KEYS_ENV,
     AUTH_ENV,
     DEFAULT_RETENTION_DAYS,
+    LOOPBACK,
     MAX_ROWS_ENV,
     MAX_UPLOAD_ENV,
     RETENTION_ENV,
@@ -72,18 +73,21 @@ def api_limits(a: argparse.Namespace) -> ApiLimits:
 
 
 def cmd_api(a: argparse.Namespace) -> int:
+    from app.server import check_port
+
+    keys = env_api_keys(a.api_key)
+    limits = api_limits(a)
+    if a.host not in LOOPBACK and not keys:  # before anything heavy is imported
+        raise ConfigError(f"the API would listen on {a.host} without a key: give --api-key KEY (or {API_KEYS_ENV}), "
+                          "or listen on 127.0.0.1")
+    check_port(a.host, a.port)
     import uvicorn
 
-    from app.api import check_exposure, standalone_app
+    from app.api import standalone_app
     from app.api_service import ApiService
-    from app.server import check_port
     from jobs.db import upgrade_database
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    keys = env_api_keys(a.api_key)
-    limits = api_limits(a)
-    check_exposure(a.host, keys)
-    check_port(a.host, a.port)
     upgrade_database()
     service = ApiService(limits)
     print(f"LAMP Studio API on http://{a.host}:{a.port}/v1" + (" (API key required)" if keys else ""), flush=True)

@@ -55,7 +55,7 @@ def _guard(settings: ServeSettings) -> object:
 
 def api_enabled(settings: ServeSettings) -> bool:
     """The /v1 API rides on the dashboard when it listens on this machine only, or with API keys."""
-    from app.api import LOOPBACK
+    from app.settings import LOOPBACK
 
     return settings.host in LOOPBACK or bool(settings.api_keys)
 

@@ -156,6 +156,8 @@ class ApiLimits:
 
 
 API_KEYS_ENV = "LAMP_API_KEYS"
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+"""Hosts that only this machine reaches: the API needs no key there."""
 
 
 def env_api_keys(given: list[str] | None = None) -> tuple[str, ...]:

@@ -87,98 +87,102 @@ def reference(tmp_path: Path, job_id: int, texts: list[str]) -> list[dict[str, f
     return [p.scores for p in predictor.predict([render_source(predictor.template, t) for t in texts])]
 
 
+@pytest.fixture(scope="module")
+def keyed_api(jobs_home: tuple[Path, list[int]]) -> Iterator[Api]:
+    """One `lamp api` with a key and small caps, shared by the tests that do not need other limits."""
+    api = start_api(jobs_home[0], "--api-key", KEY, "--max-wait-ms", "50", "--max-batch", "32", "--max-tokens", "8",
+                    "--max-input-tokens", "40")
+    yield api
+    api.stop()
+
+
 def test_the_api_answers_every_job_with_the_openai_client_batched_across_callers(
-        jobs_home: tuple[Path, list[int]], tiny_llama_dir: Path) -> None:
+        jobs_home: tuple[Path, list[int]], keyed_api: Api, tiny_llama_dir: Path) -> None:
     import openai
 
     home, (lamp_id, pt_id) = jobs_home
-    api = start_api(home, "--api-key", KEY, "--max-wait-ms", "50", "--max-batch", "32")
-    try:
-        client = openai.OpenAI(base_url=api.url, api_key=KEY, max_retries=0)
-        ids = [m.id for m in client.models.list().data]
-        assert ids[:2] == [f"job-{lamp_id}", f"job-{pt_id}"] and str(tiny_llama_dir) in ids and "default" in ids
+    api = keyed_api
+    client = openai.OpenAI(base_url=api.url, api_key=KEY, max_retries=0)
+    ids = [m.id for m in client.models.list().data]
+    assert ids[:2] == [f"job-{lamp_id}", f"job-{pt_id}"] and str(tiny_llama_dir) in ids and "default" in ids
 
-        # Completions through the job's prompt: OpenAI's shapes, usage counted, greedy at temperature 0.
-        done = client.completions.create(model=f"job-{lamp_id}", prompt="a wonderful film", max_tokens=4,
-                                         temperature=0)
-        assert isinstance(done.choices[0].text, str) and done.choices[0].finish_reason in ("stop", "length")
-        assert done.usage is not None and done.usage.prompt_tokens > 3 and done.usage.completion_tokens <= 4
-        again = client.completions.create(model=f"job-{lamp_id}", prompt="a wonderful film", max_tokens=4)
-        assert again.choices[0].text == done.choices[0].text  # greedy: the same text
-        streamed = client.completions.create(model=f"job-{lamp_id}", prompt="a wonderful film", max_tokens=4,
-                                             stream=True)
-        assert "".join(c.choices[0].text for c in streamed) == done.choices[0].text
-        chat = client.chat.completions.create(model=str(tiny_llama_dir), max_tokens=3,
-                                              messages=[{"role": "user", "content": "Say hello"}])
-        assert chat.choices[0].message.role == "assistant" and chat.usage is not None
-        assert chat.usage.completion_tokens <= 3
-        pieces = client.chat.completions.create(model=str(tiny_llama_dir), max_tokens=3, stream=True,
-                                                messages=[{"role": "user", "content": "Say hello"}])
-        assert "".join(c.choices[0].delta.content or "" for c in pieces) == chat.choices[0].message.content
+    # Completions through the job's prompt: OpenAI's shapes, usage counted, greedy at temperature 0.
+    done = client.completions.create(model=f"job-{lamp_id}", prompt="a wonderful film", max_tokens=4,
+                                     temperature=0)
+    assert isinstance(done.choices[0].text, str) and done.choices[0].finish_reason in ("stop", "length")
+    assert done.usage is not None and done.usage.prompt_tokens > 3 and done.usage.completion_tokens <= 4
+    again = client.completions.create(model=f"job-{lamp_id}", prompt="a wonderful film", max_tokens=4)
+    assert again.choices[0].text == done.choices[0].text  # greedy: the same text
+    streamed = client.completions.create(model=f"job-{lamp_id}", prompt="a wonderful film", max_tokens=4,
+                                         stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == done.choices[0].text
+    chat = client.chat.completions.create(model=str(tiny_llama_dir), max_tokens=3,
+                                          messages=[{"role": "user", "content": "Say hello"}])
+    assert chat.choices[0].message.role == "assistant" and chat.usage is not None
+    assert chat.usage.completion_tokens <= 3
+    pieces = client.chat.completions.create(model=str(tiny_llama_dir), max_tokens=3, stream=True,
+                                            messages=[{"role": "user", "content": "Say hello"}])
+    assert "".join(c.choices[0].delta.content or "" for c in pieces) == chat.choices[0].message.content
 
-        # Classify: the label words' probabilities, equal to each prompt answered alone.
-        texts = ["a joy to watch 9", "a dull mess 9", "brilliant and moving"]
-        want = {job: reference(home, job, texts) for job in (lamp_id, pt_id)}
-        for job in (lamp_id, pt_id):
-            got = httpx.post(api.url + "/classify", json={"model": f"job-{job}", "input": texts},
-                             headers={"authorization": f"Bearer {KEY}"}, timeout=60).json()["data"]
-            for row, expected in zip(got, want[job], strict=True):
-                assert row["label"] == max(expected, key=expected.__getitem__)
-                assert row["probabilities"] == pytest.approx(expected, abs=1e-4)
+    # Classify: the label words' probabilities, equal to each prompt answered alone.
+    texts = ["a joy to watch 9", "a dull mess 9", "brilliant and moving"]
+    want = {job: reference(home, job, texts) for job in (lamp_id, pt_id)}
+    for job in (lamp_id, pt_id):
+        got = httpx.post(api.url + "/classify", json={"model": f"job-{job}", "input": texts},
+                         headers={"authorization": f"Bearer {KEY}"}, timeout=60).json()["data"]
+        for row, expected in zip(got, want[job], strict=True):
+            assert row["label"] == max(expected, key=expected.__getitem__)
+            assert row["probabilities"] == pytest.approx(expected, abs=1e-4)
 
-        # Many callers at once, two prompts: gathered into mixed batches, each answer still its prompt's own.
-        def ask(i: int) -> tuple[int, int, dict[str, float], int]:
-            job = (lamp_id, pt_id)[i % 2]
-            r = httpx.post(api.url + "/classify", json={"model": f"job-{job}", "input": texts[i % 3]},
-                           headers={"authorization": f"Bearer {KEY}"}, timeout=120)
-            return job, i % 3, r.json()["data"][0]["probabilities"], int(r.headers["x-lamp-batch-size"])
+    # Many callers at once, two prompts: gathered into mixed batches, each answer still its prompt's own.
+    def ask(i: int) -> tuple[int, int, dict[str, float], int]:
+        job = (lamp_id, pt_id)[i % 2]
+        r = httpx.post(api.url + "/classify", json={"model": f"job-{job}", "input": texts[i % 3]},
+                       headers={"authorization": f"Bearer {KEY}"}, timeout=120)
+        return job, i % 3, r.json()["data"][0]["probabilities"], int(r.headers["x-lamp-batch-size"])
 
-        with ThreadPoolExecutor(16) as pool:
-            answers = list(pool.map(ask, range(32)))
-        for job, k, probs, _ in answers:
-            assert probs == pytest.approx(want[job][k], abs=1e-4)
-        assert max(size for *_, size in answers) > 1, "no two requests were answered together"
-    finally:
-        api.stop()
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(ask, range(32)))
+    for job, k, probs, _ in answers:
+        assert probs == pytest.approx(want[job][k], abs=1e-4)
+    assert max(size for *_, size in answers) > 1, "no two requests were answered together"
 
 
-def test_keys_limits_and_bad_requests_get_openai_errors_without_paths(jobs_home: tuple[Path, list[int]]) -> None:
+def test_keys_limits_and_bad_requests_get_openai_errors_without_paths(jobs_home: tuple[Path, list[int]],
+                                                                      keyed_api: Api) -> None:
     import openai
 
     home, (lamp_id, _) = jobs_home
-    api = start_api(home, "--api-key", KEY, "--max-tokens", "8", "--max-input-tokens", "40")
-    try:
-        bodies = []
-        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": KEY}):
-            r = httpx.get(api.url + "/models", headers=headers)
-            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
-        with pytest.raises(openai.AuthenticationError):
-            openai.OpenAI(base_url=api.url, api_key="wrong", max_retries=0).models.list()
-        client = openai.OpenAI(base_url=api.url, api_key=KEY, max_retries=0)
-        with pytest.raises(openai.NotFoundError) as missing:
-            client.completions.create(model="job-999", prompt="hi", max_tokens=2)
-        assert missing.value.code == "model_not_found"
-        with pytest.raises(openai.BadRequestError) as too_many:
-            client.completions.create(model=f"job-{lamp_id}", prompt="hi", max_tokens=9)
-        assert too_many.value.param == "max_tokens"
-        with pytest.raises(openai.BadRequestError) as too_long:
-            client.completions.create(model=f"job-{lamp_id}", prompt="word " * 60, max_tokens=2)
-        assert too_long.value.code == "context_length_exceeded"
-        auth = {"authorization": f"Bearer {KEY}"}
-        for path, payload in (("/completions", b"{not json"), ("/classify", b'{"model": "job-1", "input": 3}'),
-                              ("/chat/completions", b'{"model": "job-1", "messages": "hi"}'),
-                              ("/completions", b'{"model": "job-1", "prompt": "hi", "n": 2}')):
-            r = httpx.post(api.url + path, content=payload, headers={**auth, "content-type": "application/json"})
-            assert r.status_code == 400, (path, r.text)
-            bodies.append(r.text)
-        bare = httpx.post(api.url + "/classify", json={"model": "default", "input": ["x"]}, headers=auth)
-        assert bare.status_code == 400 and bare.json()["error"]["param"] == "model"
-        nowhere = httpx.get(api.url + "/nothing-here", headers=auth)
-        assert nowhere.status_code == 404 and nowhere.json()["error"]["code"] == "not_found"
-        for text in [*bodies, bare.text, nowhere.text]:
-            assert str(home) not in text and "Traceback" not in text and '"error"' in text
-    finally:
-        api.stop()
+    api = keyed_api
+    bodies = []
+    for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": KEY}):
+        r = httpx.get(api.url + "/models", headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=api.url, api_key="wrong", max_retries=0).models.list()
+    client = openai.OpenAI(base_url=api.url, api_key=KEY, max_retries=0)
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.completions.create(model="job-999", prompt="hi", max_tokens=2)
+    assert missing.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as too_many:
+        client.completions.create(model=f"job-{lamp_id}", prompt="hi", max_tokens=9)
+    assert too_many.value.param == "max_tokens"
+    with pytest.raises(openai.BadRequestError) as too_long:
+        client.completions.create(model=f"job-{lamp_id}", prompt="word " * 60, max_tokens=2)
+    assert too_long.value.code == "context_length_exceeded"
+    auth = {"authorization": f"Bearer {KEY}"}
+    for path, payload in (("/completions", b"{not json"), ("/classify", b'{"model": "job-1", "input": 3}'),
+                          ("/chat/completions", b'{"model": "job-1", "messages": "hi"}'),
+                          ("/completions", b'{"model": "job-1", "prompt": "hi", "n": 2}')):
+        r = httpx.post(api.url + path, content=payload, headers={**auth, "content-type": "application/json"})
+        assert r.status_code == 400, (path, r.text)
+        bodies.append(r.text)
+    bare = httpx.post(api.url + "/classify", json={"model": "default", "input": ["x"]}, headers=auth)
+    assert bare.status_code == 400 and bare.json()["error"]["param"] == "model"
+    nowhere = httpx.get(api.url + "/nothing-here", headers=auth)
+    assert nowhere.status_code == 404 and nowhere.json()["error"]["code"] == "not_found"
+    for text in [*bodies, bare.text, nowhere.text]:
+        assert str(home) not in text and "Traceback" not in text and '"error"' in text
 
 
 def test_a_full_queue_answers_429_with_retry_after_and_nothing_fails_below_it(
