@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import json
 import logging
+import queue
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -186,23 +187,22 @@ def build_api(service: ApiService, keys: Sequence[str] = ()) -> FastAPI:
             "usage": {"prompt_tokens": sum(w.tokens for w in works), "total_tokens": sum(w.tokens for w in works)}},
             headers=_batch_header(works))
 
-    async def complete(body: dict[str, Any], source_of: Any) -> tuple[Target, Completion, str, str, dict[str, str]]:
+    async def submit(body: dict[str, Any], source_of: Any) -> tuple[Target, Work, list[str]]:
+        """Checked and queued (a bad request or a full queue fails here, before any stream starts)."""
         _one_choice(body)
         max_tokens = _int(body, "max_tokens", 16, 1, service.limits.max_tokens)
         temperature = _temperature(body)
         stops = _stops(body)
         target = await target_of(body)
         source = source_of(target)
-        work = service.complete(target, source, max_tokens, temperature)
+        return target, service.complete(target, source, max_tokens, temperature, bool(body.get("stream"))), stops
+
+    async def finished(target: Target, work: Work, stops: list[str]) -> tuple[Completion, str, str, dict[str, int]]:
         done: Completion = await asyncio.wrap_future(work.future)
         text, stopped = apply_stop(done.text, stops)
-        reason = "stop" if stopped else done.finish_reason
-        return target, done, text, reason, _batch_header([work])
-
-    def completion_tokens(target: Target, done: Completion, text: str) -> int:
-        if text == done.text:
-            return len(done.ids)
-        return len(target.backbone.tokenizer(text, add_special_tokens=False)["input_ids"])
+        tokens = len(done.ids) if text == done.text else len(
+            target.backbone.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return done, text, "stop" if stopped else done.finish_reason, _usage(done.prompt_tokens, tokens)
 
     @api.post("/completions")
     async def completions(request: Request) -> Response:
@@ -212,34 +212,34 @@ def build_api(service: ApiService, keys: Sequence[str] = ()) -> FastAPI:
             prompt = prompt[0]
         if not isinstance(prompt, str):
             raise ApiError(400, "`prompt` must be a string (one prompt per request)", param="prompt")
-        target, done, text, reason, header = await complete(body, lambda t: t.source(prompt))
+        target, work, stops = await submit(body, lambda t: t.source(prompt))
         ident, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        usage = _usage(done.prompt_tokens, completion_tokens(target, done, text))
         if body.get("stream"):
             def chunk(piece: str, finish: str | None) -> dict[str, Any]:
                 return {"id": ident, "object": "text_completion", "created": created, "model": target.entry.id,
                         "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": finish}]}
-            return _stream(target, done, text, reason, chunk, usage)
+            return _stream(target, work, stops, chunk, finished)
+        _, text, reason, usage = await finished(target, work, stops)
         return JSONResponse({"id": ident, "object": "text_completion", "created": created, "model": target.entry.id,
                              "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": reason}],
-                             "usage": usage}, headers=header)
+                             "usage": usage}, headers=_batch_header([work]))
 
     @api.post("/chat/completions")
     async def chat(request: Request) -> Response:
         body = await _body(request)
         messages = body.get("messages")
-        target, done, text, reason, header = await complete(body, lambda t: render_chat(t, messages))
+        target, work, stops = await submit(body, lambda t: render_chat(t, messages))
         ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        usage = _usage(done.prompt_tokens, completion_tokens(target, done, text))
         if body.get("stream"):
             def chunk(piece: str, finish: str | None) -> dict[str, Any]:
                 delta = {"role": "assistant", "content": piece} if finish is None else {}
                 return {"id": ident, "object": "chat.completion.chunk", "created": created, "model": target.entry.id,
                         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-            return _stream(target, done, text, reason, chunk, usage)
+            return _stream(target, work, stops, chunk, finished)
+        _, text, reason, usage = await finished(target, work, stops)
         return JSONResponse({"id": ident, "object": "chat.completion", "created": created, "model": target.entry.id,
                              "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                          "finish_reason": reason}], "usage": usage}, headers=header)
+                                          "finish_reason": reason}], "usage": usage}, headers=_batch_header([work]))
 
     return api
 
@@ -249,29 +249,36 @@ def _batch_header(works: Sequence[Work]) -> dict[str, str]:
     return {"x-lamp-batch-size": str(max((w.batch_size for w in works), default=0))}
 
 
-def _pieces(target: Target, done: Completion, text: str) -> list[str]:
-    """The completion cut where its tokens end (each piece the text one more token adds)."""
-    tokenizer, pieces, shown = target.backbone.tokenizer, [], ""
-    for n in range(1, len(done.ids) + 1):
-        now = tokenizer.decode(done.ids[:n], skip_special_tokens=True)
-        if len(now) > len(text):
-            now = text
-        if now.startswith(shown) and len(now) > len(shown):
-            pieces.append(now[len(shown):])
-            shown = now
-        if shown == text:
-            break
-    if shown != text:
-        pieces.append(text[len(shown):] if text.startswith(shown) else text)
-    return pieces
+def _stream(target: Target, work: Work, stops: list[str], chunk: Any, finished: Any) -> StreamingResponse:
+    """Server-sent events in OpenAI's shape while the batch generates: each token's text as it is chosen (text that
+    could still turn into a stop string is held back until it cannot), a last chunk with the finish reason and the
+    usage, then [DONE]."""
+    tokenizer, hold = target.backbone.tokenizer, max((len(s) for s in stops), default=1) - 1
+    eos = tokenizer.eos_token_id
 
-
-def _stream(target: Target, done: Completion, text: str, reason: str, chunk: Any, usage: dict[str, int]
-            ) -> StreamingResponse:
-    """Server-sent events in OpenAI's shape: a chunk per token's text, a last one with the finish reason, [DONE]."""
     async def events() -> AsyncIterator[bytes]:
-        for piece in _pieces(target, done, text):
-            yield f"data: {json.dumps(chunk(piece, None))}\n\n".encode()
+        ids: list[int] = []
+        sent = ""
+        assert work.stream is not None
+        while not (work.future.done() and work.stream.empty()):
+            try:
+                token = work.stream.get_nowait()
+            except queue.Empty:
+                await asyncio.sleep(0.005)
+                continue
+            if token == eos:
+                continue
+            ids.append(token)
+            text, stopped = apply_stop(tokenizer.decode(ids, skip_special_tokens=True), stops)
+            ready = text if stopped else text[: max(len(sent), len(text) - hold)]
+            if ready.startswith(sent) and len(ready) > len(sent):
+                yield f"data: {json.dumps(chunk(ready[len(sent):], None))}\n\n".encode()
+                sent = ready
+            if stopped:
+                break
+        _, text, reason, usage = await finished(target, work, stops)
+        if text.startswith(sent) and len(text) > len(sent):  # what was held back
+            yield f"data: {json.dumps(chunk(text[len(sent):], None))}\n\n".encode()
         last = chunk("", reason)
         last["usage"] = usage
         yield f"data: {json.dumps(last)}\n\n".encode()

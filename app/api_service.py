@@ -10,6 +10,7 @@ requests, so a prompt's own pass is paid once. A full queue refuses at once (Ove
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -106,6 +107,8 @@ class Work:
     """Requests in the gathered batch that answered this one (set when it is answered)."""
     tokens: int = 0
     """The input's tokens (counted when it is checked)."""
+    stream: queue.SimpleQueue[int] | None = None
+    """Where a streamed completion's tokens go as they are chosen."""
 
 
 @dataclass(frozen=True)
@@ -298,10 +301,16 @@ class Batcher:
                                  Lane(None, RawCodec(backbone.tokenizer, backbone.family, "",
                                                      self.limits.max_input_tokens)))
             queries.append(Query(lanes[key], w.source))
+        def heard(i: int, token: int) -> None:
+            stream = works[i].stream
+            if stream is not None:
+                stream.put(token)
+
         ids = generate_mixed_ids(backbone, lane_list, queries, max_new_tokens=max(w.max_tokens for w in works),
                                  batch_size=self._rows(backbone), kv_cache=self.kv_cache,
                                  limits=[w.max_tokens for w in works],
-                                 temperatures=[w.temperature for w in works])
+                                 temperatures=[w.temperature for w in works],
+                                 on_token=heard if any(w.stream is not None for w in works) else None)
         eos = backbone.tokenizer.eos_token_id
         out = []
         for w, row in zip(works, ids, strict=True):
@@ -340,9 +349,11 @@ class ApiService:
         self.batcher.submit(works)
         return works
 
-    def complete(self, target: Target, source: str, max_tokens: int, temperature: float) -> Work:
+    def complete(self, target: Target, source: str, max_tokens: int, temperature: float, stream: bool = False
+                 ) -> Work:
         self.check_input(target, source, "prompt")
-        work = Work(target, source, "complete", max_tokens, temperature)
+        work = Work(target, source, "complete", max_tokens, temperature,
+                    stream=queue.SimpleQueue() if stream else None)
         self.batcher.submit([work])
         return work
 

@@ -38,7 +38,7 @@ from safetensors.torch import save_file
 from benchmarks.contenders import Ours, PeftAdapters
 from core.backbone import lamp_home
 from core.methods import LampConfig
-from core.spec import DataConfig, ModelConfig, RunSpec, TrainConfig, spec_to_dict
+from core.spec import DataConfig, ModelConfig, RunSpec, TrainConfig
 
 if TYPE_CHECKING:
     from benchmarks.run import Bench
@@ -53,34 +53,24 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextlib.contextmanager
-def _store_env(home: Path) -> Iterator[dict[str, str]]:
-    """A private store for the section's jobs, in this process and for the servers it starts."""
-    from jobs.db import dispose_engines, upgrade_database
-
-    env = {"LAMP_HOME": str(home), "LAMP_DATABASE_URL": f"sqlite:///{home / 'lamp.db'}",
-           "LAMP_ARTIFACTS_DIR": str(home / "artifacts")}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        upgrade_database(env["LAMP_DATABASE_URL"])
-        yield env
-    finally:
-        dispose_engines()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def _store_env(home: Path) -> dict[str, str]:
+    """A private store for the section's jobs, for the `lamp` processes it starts."""
+    return {"LAMP_HOME": str(home), "LAMP_DATABASE_URL": f"sqlite:///{home / 'lamp.db'}",
+            "LAMP_ARTIFACTS_DIR": str(home / "artifacts")}
 
 
-def register_prompts(bench: Bench, home: Path, count: int) -> tuple[list[str], list[torch.Tensor]]:
+def _lamp() -> list[str]:
+    lamp = Path(sys.executable).with_name("lamp")
+    return [str(lamp)] if lamp.is_file() else [sys.executable, "-m", "lamp"]
+
+
+def register_prompts(bench: Bench, home: Path, env: dict[str, str], count: int
+                     ) -> tuple[list[str], list[torch.Tensor]]:
     """`count` succeeded jobs, each a LAMP prompt from its own seed: one artifact from a one-step fit, copied with
-    its prompt replaced. Returns their model ids (job-N) and prompts."""
+    its prompt replaced, recorded with `lamp import`. Returns their model ids (job-N) and prompts."""
+    import json
+
     from core.train import fit
-    from jobs import store
-    from jobs.db import transact
-    from jobs.models import Status
 
     s = bench.s
     config = LampConfig(length=s.length, rank=s.rank, pool=s.default_pool)
@@ -88,30 +78,28 @@ def register_prompts(bench: Bench, home: Path, count: int) -> tuple[list[str], l
                    data=DataConfig(task=s.task, max_eval_examples=2, max_test_examples=2),
                    train=TrainConfig(steps=1, batch_size=2, eval_every=1, device=s.device, seed=s.seed))
     base = home / "artifacts" / "base"
-    result = fit(spec, base, backbone=bench.backbone).to_json()
-    ids, prompts = [], []
+    fit(spec, base, backbone=bench.backbone)
+    folders, prompts = [], []
     for k in range(count):
         prompt = Ours(bench.backbone, config, bench.table, bench.common, s.seed + k, s.lr).prompt().detach()
         folder = home / "artifacts" / f"prompt-{k}"
         shutil.copytree(base, folder, ignore=shutil.ignore_patterns("checkpoint.pt", "snapshots"))
         save_file({"prompt": prompt.float().cpu().contiguous()}, str(folder / "prompt.safetensors"))
-        job = transact(store.create_job, spec=spec_to_dict(spec))
-        attempt = transact(store.claim_job, job_id=job.id, worker="bench", lease_seconds=60)
-        assert attempt is not None
-        transact(store.finish_job, job_id=job.id, attempt=attempt.number, status=Status.SUCCEEDED,
-                 result={**result, "artifact": str(folder)})
-        ids.append(f"job-{job.id}")
+        folders += ["--artifact", str(folder)]
         prompts.append(prompt)
-    return ids, prompts
+    done = subprocess.run([*_lamp(), "import", *folders, "--json"], env={**os.environ, **env}, capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"lamp import failed: {done.stderr[-2000:]}")
+    ids = json.loads(done.stdout.strip().splitlines()[-1])["ids"]
+    return [f"job-{i}" for i in ids], prompts
 
 
 @contextlib.contextmanager
 def api_server(env: dict[str, str], *args: str) -> Iterator[str]:
     port = _free_port()
-    lamp = Path(sys.executable).with_name("lamp")
-    command = [str(lamp)] if lamp.is_file() else [sys.executable, "-m", "lamp"]
     log = Path(env["LAMP_HOME"]) / f"api-{port}.log"
-    proc = subprocess.Popen([*command, "api", "--port", str(port), *args], env={**os.environ, **env},
+    proc = subprocess.Popen([*_lamp(), "api", "--port", str(port), *args], env={**os.environ, **env},
                             stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     try:
@@ -222,36 +210,36 @@ def serving_http(bench: Bench) -> list[Row]:
         models = lamp_home() / "models"
         if models.is_dir():
             (home / "models").symlink_to(models)  # the converted offline models, not converted again
-        with _store_env(home) as env:
-            ids, prompts = register_prompts(bench, home, max(s.http_prompts))
-            bench.log(f"serving-http: {len(ids)} jobs registered ({ids[0]} ...); {s.http_requests} requests per "
-                      f"setting, clients {list(s.http_clients)}, prompts {list(s.http_prompts)}")
-            servers = ((BATCHED, f"server: requests gathered into mixed batches (max batch {s.http_max_batch}, "
-                        f"{s.http_max_wait_ms:g} ms)", ["--max-batch", str(s.http_max_batch), "--max-wait-ms",
-                                                       str(s.http_max_wait_ms)]),
-                       (ONE, "server: one request at a time (--max-batch 1)", ["--max-batch", "1", "--max-wait-ms",
-                                                                                "0"]))
-            for method, name, args in servers:
-                with api_server(env, "--device", s.device, *args) as url:
-                    drive(url, ids, texts, 1, len(ids))  # warm: every prompt loaded, its keys and values cached
-                    for k in s.http_prompts:
-                        for clients in s.http_clients:
-                            row = {"contender": name, "method": method,
-                                   **drive(url, ids[:k], texts, clients, max(s.http_requests, clients))}
-                            rows.append(row)
-                            bench.log(f"  {method} K={k} C={clients}: p50 {row['p50_ms']:.0f} ms, p99 "
-                                      f"{row['p99_ms']:.0f} ms, {row['requests_per_s']:.1f} req/s, failed "
-                                      f"{row['failed']}")
-                    if method == BATCHED:
-                        one = batch_one(url, ids[0], s.model, texts, s.repeats * 10, bench.task.answer_cue)
-                        rows.append(one)
-                        bench.log(f"  batch 1: cached prompt {one['p50_ms']:.0f} ms, bare {one['bare_p50_ms']:.0f} "
-                                  f"ms ({one['x_bare']:.2f}x)")
-            with api_server(env, "--device", s.device, "--max-queue", "8", "--max-batch", "4") as url:
-                row = {"contender": "overload: a queue of 8 under 64 clients", "method": BATCHED,
-                       **drive(url, ids[:4], texts, 64, 128)}
-                rows.append(row)
-                bench.log(f"  overload: answers {row['codes']}")
+        env = _store_env(home)
+        ids, prompts = register_prompts(bench, home, env, max(s.http_prompts))
+        bench.log(f"serving-http: {len(ids)} jobs registered ({ids[0]} ...); {s.http_requests} requests per "
+                  f"setting, clients {list(s.http_clients)}, prompts {list(s.http_prompts)}")
+        servers = ((BATCHED, f"server: requests gathered into mixed batches (max batch {s.http_max_batch}, "
+                    f"{s.http_max_wait_ms:g} ms)", ["--max-batch", str(s.http_max_batch), "--max-wait-ms",
+                                                   str(s.http_max_wait_ms)]),
+                   (ONE, "server: one request at a time (--max-batch 1)", ["--max-batch", "1", "--max-wait-ms",
+                                                                            "0"]))
+        for method, name, args in servers:
+            with api_server(env, "--device", s.device, *args) as url:
+                drive(url, ids, texts, 1, len(ids))  # warm: every prompt loaded, its keys and values cached
+                for k in s.http_prompts:
+                    for clients in s.http_clients:
+                        row = {"contender": name, "method": method,
+                               **drive(url, ids[:k], texts, clients, max(s.http_requests, clients))}
+                        rows.append(row)
+                        bench.log(f"  {method} K={k} C={clients}: p50 {row['p50_ms']:.0f} ms, p99 "
+                                  f"{row['p99_ms']:.0f} ms, {row['requests_per_s']:.1f} req/s, failed "
+                                  f"{row['failed']}")
+                if method == BATCHED:
+                    one = batch_one(url, ids[0], s.model, texts, s.repeats * 10, bench.task.answer_cue)
+                    rows.append(one)
+                    bench.log(f"  batch 1: cached prompt {one['p50_ms']:.0f} ms, bare {one['bare_p50_ms']:.0f} "
+                              f"ms ({one['x_bare']:.2f}x)")
+        with api_server(env, "--device", s.device, "--max-queue", "8", "--max-batch", "4") as url:
+            row = {"contender": "overload: a queue of 8 under 64 clients", "method": BATCHED,
+                   **drive(url, ids[:4], texts, 64, 128)}
+            rows.append(row)
+            bench.log(f"  overload: answers {row['codes']}")
     for k in s.http_prompts:
         row = peft_one_at_a_time(bench, prompts[:k], texts, s.http_requests)
         rows.append(row)

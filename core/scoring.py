@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -303,10 +303,12 @@ def greedy_continue(backbone: Backbone, out: Any, mask: torch.Tensor, positions:
 
 def continue_ids(backbone: Backbone, out: Any, mask: torch.Tensor, positions: torch.Tensor, new: int, *,
                  limits: Sequence[int] | None = None, temperatures: Sequence[float] | None = None,
-                 generator: torch.Generator | None = None) -> list[list[int]]:
+                 generator: torch.Generator | None = None,
+                 on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
     """The new token ids of each row after a decoder-only prefill (greedy_continue's loop), the end marker
     included where a row stops on it. `limits`: each row's own token budget (at most `new`); `temperatures`: each
-    row's sampling temperature (0: greedy, the same tokens as greedy_continue)."""
+    row's sampling temperature (0: greedy, the same tokens as greedy_continue); `on_token(row, token)` hears each
+    row's tokens as they are chosen (a server streams them)."""
     tok, model, device = backbone.tokenizer, backbone.model, backbone.device
     rows = mask.shape[0]
     budget = [min(new, n) for n in limits] if limits is not None else [new] * rows
@@ -329,6 +331,8 @@ def continue_ids(backbone: Backbone, out: Any, mask: torch.Tensor, positions: to
             if not done[r]:
                 result[r].append(token)
                 done[r] = token == tok.eos_token_id or len(result[r]) >= budget[r]
+                if on_token is not None:
+                    on_token(r, token)
         if all(done):
             break
         mask = torch.cat([mask, torch.ones(rows, 1, dtype=mask.dtype, device=device)], dim=1)

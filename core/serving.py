@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -304,9 +305,12 @@ def generate_mixed(backbone: Backbone, lanes: Sequence[Lane], queries: Sequence[
 def generate_mixed_ids(backbone: Backbone, lanes: Sequence[Lane], queries: Sequence[Query], *,
                        max_new_tokens: int = 16, batch_size: int = 16, kv_cache: PromptKV | None = None,
                        limits: Sequence[int] | None = None, temperatures: Sequence[float] | None = None,
-                       generator: torch.Generator | None = None) -> list[list[int]]:
+                       generator: torch.Generator | None = None,
+                       on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
     """The new token ids of each query's answer (the end marker included where it stopped on one). `limits` and
-    `temperatures`: each query's own token budget and sampling temperature (0: greedy; decoder-only models)."""
+    `temperatures`: each query's own token budget and sampling temperature (0: greedy; decoder-only models);
+    `on_token(query, token)` hears each token as it is chosen (encoder-decoder models: once their answer is
+    generated)."""
     prompts = PromptTable(backbone, lanes, kv_cache)
     encoded = [lanes[q.lane].codec.source(q.source) for q in queries]
     out: list[list[int]] = [[] for _ in queries]
@@ -315,6 +319,10 @@ def generate_mixed_ids(backbone: Backbone, lanes: Sequence[Lane], queries: Seque
         lane_ids = _lanes(queries, idx, backbone.device)
         if backbone.family == "seq2seq":
             rows = _generate_seq2seq(backbone, prompts, lane_ids, [encoded[i] for i in idx], max_new_tokens)
+            if on_token is not None:
+                for i, row in zip(idx, rows, strict=True):
+                    for token in row:
+                        on_token(i, token)
         else:
             x = _causal_inputs(backbone, prompts, lane_ids, left_padded(backbone, [encoded[i] for i in idx]))
             prefill = backbone.model(inputs_embeds=x.embeds, attention_mask=x.mask, position_ids=x.positions,
@@ -322,10 +330,15 @@ def generate_mixed_ids(backbone: Backbone, lanes: Sequence[Lane], queries: Seque
             rows = continue_ids(backbone, prefill, x.mask, x.positions, max_new_tokens,
                                 limits=[limits[i] for i in idx] if limits is not None else None,
                                 temperatures=[temperatures[i] for i in idx] if temperatures is not None else None,
-                                generator=generator)
+                                generator=generator,
+                                on_token=None if on_token is None else partial(_to_query, on_token, idx))
         for i, row in zip(idx, rows, strict=True):
             out[i] = row
     return out
+
+
+def _to_query(on_token: Callable[[int, int], None], idx: list[int], row: int, token: int) -> None:
+    on_token(idx[row], token)
 
 
 def _generate_seq2seq(backbone: Backbone, prompts: PromptTable, lanes: torch.Tensor, ids: list[list[int]],

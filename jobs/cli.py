@@ -103,6 +103,17 @@ def cmd_worker(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(a: argparse.Namespace) -> int:
+    from jobs.db import upgrade_database
+    from jobs.tasks import import_artifact
+
+    upgrade_database()
+    ids = [import_artifact(path) for path in a.artifact]
+    print(json.dumps({"ids": ids}) if a.json else "\n".join(f"job {i}: {p}" for i, p in zip(ids, a.artifact,
+                                                                                             strict=True)))
+    return 0
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("submit", help="queue a tuning job (same flags as `lamp train`); prints its id")
     add_spec_arguments(p)
@@ -118,6 +129,12 @@ def register(sub: Any) -> None:
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true", help="a JSON list of objects with id, status, step, ...")
     p.set_defaults(handler=cmd_jobs)
+
+    p = sub.add_parser("import", help="record finished artifacts as succeeded jobs (served by the API, listed in "
+                                      "the dashboard)")
+    p.add_argument("--artifact", action="append", required=True, metavar="DIR", help="an artifact folder (repeatable)")
+    p.add_argument("--json", action="store_true", help='print {"ids": [...]}')
+    p.set_defaults(handler=cmd_import)
 
     p = sub.add_parser("cancel", help="cancel jobs: a queued one never starts, a running one stops")
     p.add_argument("ids", type=int, nargs="+", metavar="ID")

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from huey import signals
@@ -55,6 +56,29 @@ def submit(spec: RunSpec, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> int:
         enqueue(job.id)
     except Exception:
         log.exception("job %s is recorded but the queue is unreachable; a worker's reaper will queue it", job.id)
+    return job.id
+
+
+def import_artifact(path: str | Path) -> int:
+    """Record a finished run's artifact (from `lamp train`, another machine, a benchmark) as a succeeded job, so that
+    the dashboard, Compare, the Playground and the API offer it; returns its id. The folder is used where it is."""
+    import json
+
+    from core.artifact import load_artifact
+    from core.errors import ArtifactError
+
+    folder = Path(path).expanduser().resolve()
+    artifact = load_artifact(folder)  # ArtifactError unless it is a complete artifact
+    try:
+        result = json.loads((folder / "result.json").read_text())
+    except (OSError, ValueError):
+        raise ArtifactError(f"{folder}: no result.json (an artifact written by lamp train has one)") from None
+    job = transact(store.create_job, spec=spec_to_dict(artifact.spec), max_attempts=1)
+    attempt = transact(store.claim_job, job_id=job.id, worker="import", lease_seconds=60)
+    if attempt is None:
+        raise ConfigError(f"job {job.id} was taken by a worker while being imported")
+    transact(store.finish_job, job_id=job.id, attempt=attempt.number, status=Status.SUCCEEDED,
+             result={**result, "artifact": str(folder)})
     return job.id
 
 

@@ -5,6 +5,7 @@ bad requests."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -113,9 +114,20 @@ def test_the_api_answers_every_job_with_the_openai_client_batched_across_callers
     assert done.usage is not None and done.usage.prompt_tokens > 3 and done.usage.completion_tokens <= 4
     again = client.completions.create(model=f"job-{lamp_id}", prompt="a wonderful film", max_tokens=4)
     assert again.choices[0].text == done.choices[0].text  # greedy: the same text
-    streamed = client.completions.create(model=f"job-{lamp_id}", prompt="a wonderful film", max_tokens=4,
-                                         stream=True)
+    streamed = list(client.completions.create(model=f"job-{lamp_id}", prompt="a wonderful film", max_tokens=4,
+                                              stream=True))
     assert "".join(c.choices[0].text for c in streamed) == done.choices[0].text
+    if done.usage.completion_tokens >= 2:  # sent while the batch generates: a chunk per token, not one at the end
+        assert len([c for c in streamed if c.choices[0].text]) >= 2
+    assert streamed[-1].choices[0].finish_reason == done.choices[0].finish_reason
+    long = client.completions.create(model=f"job-{lamp_id}", prompt="a dull mess", max_tokens=8).choices[0].text
+    assert len(long) >= 5, long
+    stop = long[3:5]  # a stop string inside the answer: cut there, streamed or not
+    cut = client.completions.create(model=f"job-{lamp_id}", prompt="a dull mess", max_tokens=8, stop=[stop])
+    assert cut.choices[0].text == long[: long.find(stop)] and cut.choices[0].finish_reason == "stop"
+    cut_stream = client.completions.create(model=f"job-{lamp_id}", prompt="a dull mess", max_tokens=8,
+                                           stop=[stop], stream=True)
+    assert "".join(c.choices[0].text for c in cut_stream) == cut.choices[0].text
     chat = client.chat.completions.create(model=str(tiny_llama_dir), max_tokens=3,
                                           messages=[{"role": "user", "content": "Say hello"}])
     assert chat.choices[0].message.role == "assistant" and chat.usage is not None
@@ -305,3 +317,29 @@ def test_a_prompt_embeds_export_builds_the_input_the_model_reads(jobs_home: tupl
     theirs = torch.softmax(torch.log_softmax(logits, -1)[words], -1)
     ours = predictor.predict([render_source(predictor.template, text)])[0].scores
     torch.testing.assert_close(theirs, torch.tensor([ours["bad"], ours["good"]]), atol=1e-4, rtol=0)
+
+
+def test_lamp_import_records_an_artifact_as_a_succeeded_job_the_api_serves(jobs_home: tuple[Path, list[int]],
+                                                                          keyed_api: Api) -> None:
+    """`lamp import`: an artifact trained elsewhere becomes a succeeded job (the benchmark's serving-http section
+    registers its prompts this way); a folder that is not an artifact is refused by name."""
+    from jobs import store
+    from jobs.db import read
+
+    _, (lamp_id, _) = jobs_home
+    result = read(store.get_result, job_id=lamp_id)
+    assert result is not None
+    done = subprocess.run([*lamp_command(), "import", "--artifact", result.artifact, "--json"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    (new,) = json.loads(done.stdout.strip().splitlines()[-1])["ids"]
+    job = read(store.get_job, job_id=new)
+    assert job is not None and job.status == "SUCCEEDED"
+    imported = read(store.get_result, job_id=new)
+    assert imported is not None and imported.artifact == str(Path(result.artifact).resolve())
+    assert imported.metrics == result.metrics
+    models = httpx.get(keyed_api.url + "/models", headers={"authorization": f"Bearer {KEY}"}).json()["data"]
+    assert f"job-{new}" in [m["id"] for m in models]
+    bad = subprocess.run([*lamp_command(), "import", "--artifact", str(jobs_home[0])], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and str(jobs_home[0]) in bad.stderr
