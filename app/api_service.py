@@ -253,9 +253,10 @@ class Batcher:
             self.gathered += len(batch)
             for w in batch:
                 w.batch_size = len(batch)
-            groups: dict[tuple[int, str, bool], list[Work]] = {}
-            for w in batch:
-                groups.setdefault((id(w.target.backbone), w.kind, w.generate), []).append(w)
+            groups: dict[tuple[int, str, bool, int | None], list[Work]] = {}
+            for w in batch:  # one pass per backbone; without mixing, one per prompt (the benchmark's baseline)
+                prompt = None if self.limits.mix_prompts else id(w.target.predictor)
+                groups.setdefault((id(w.target.backbone), w.kind, w.generate, prompt), []).append(w)
             for works in groups.values():
                 try:
                     results: Sequence[Any] = (self._rank(works) if works[0].kind == "rank"

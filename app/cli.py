@@ -61,7 +61,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 def api_limits(a: argparse.Namespace) -> ApiLimits:
     limits = ApiLimits(max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, max_queue=a.max_queue,
                        max_input_tokens=a.max_input_tokens, max_tokens=a.max_tokens, cache_mib=a.cache_mib,
-                       device=a.device, forward_rows=a.forward_rows)
+                       device=a.device, forward_rows=a.forward_rows, mix_prompts=not a.no_mix)
     for name in ("max_batch", "max_queue", "max_input_tokens", "max_tokens"):
         if getattr(limits, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
@@ -157,6 +157,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-input-tokens", type=int, default=d.max_input_tokens, help=f"({d.max_input_tokens})")
     p.add_argument("--max-tokens", type=int, default=d.max_tokens,
                    help=f"the largest max_tokens a request may ask ({d.max_tokens})")
+    p.add_argument("--no-mix", action="store_true",
+                   help="answer a gathered batch one prompt after another instead of in mixed batches (a baseline)")
     p.add_argument("--forward-rows", type=int, default=None,
                    help="rows per forward inside a gathered batch (default: 8 on the CPU, 32 on a GPU)")
     p.add_argument("--cache-mib", type=float, default=d.cache_mib,

@@ -146,6 +146,9 @@ class ApiLimits:
     """Inputs in one /v1/classify request."""
     cache_mib: float = 256.0
     """Prompts' keys and values kept between requests."""
+    mix_prompts: bool = True
+    """Answer different prompts' requests in the same forward passes; False answers a gathered batch one prompt
+    after another (what a server that cannot mix prompts does: the benchmark's baseline)."""
     forward_rows: int | None = None
     """Rows per forward inside a gathered batch (sorted by length, so that little is padding); None: 8 on the CPU,
     where 32 rows of reviews took 1.65 s in batches of 8 against 2.10 s in one batch of 32 and 3.90 s one by one

@@ -29,7 +29,8 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
                 ("queries/s", "queries_per_s", ".2f")],
     "serving-http": [("contender", "contender", "s"), ("K prompts", "prompts", "d"), ("clients", "clients", "d"),
                      ("p50 ms", "p50_ms", ".0f"), ("p99 ms", "p99_ms", ".0f"), ("requests/s", "requests_per_s", ".2f"),
-                     ("x one at a time", "requests_per_s_x_one", ".2f"),
+                     ("x one prompt at a time", "requests_per_s_x_by_prompt", ".2f"),
+                     ("x one request at a time", "requests_per_s_x_one", ".2f"),
                      ("input tokens/s", "tokens_per_s", ".0f"), ("failed", "failed", "d"),
                      ("answers", "codes", "codes"),
                      ("bare p50 ms", "bare_p50_ms", ".0f"), ("x bare", "x_bare", ".2f")],
@@ -125,9 +126,11 @@ def markdown(result: dict[str, Any], command: str) -> str:
                          "seed each) in a private store; `lamp api` on loopback; clients call /v1/classify with one "
                          f"test review each, the jobs by turns, {s['http_requests']} requests per setting. The "
                          f"batched server gathers up to {s['http_max_batch']} requests for {s['http_max_wait_ms']:g} "
-                         "ms; the one-at-a-time server is the same with --max-batch 1. PEFT answers the same stream "
-                         "in this process, one request at a time, without HTTP. Ratios are requests/s over the "
-                         "one-at-a-time server at the same K and clients, and over PEFT at the same K."),
+                         "ms; the one-prompt-at-a-time server gathers the same way but answers each prompt's "
+                         "share on its own (--no-mix), the one-request-at-a-time server has --max-batch 1. PEFT "
+                         "answers the same stream in this process, one request at a time, without HTTP. Ratios are "
+                         "requests/s over those "
+                         "servers at the same K and clients, and over PEFT at the same K."),
     }
     for section, data in result["sections"].items():
         out += [f"## {TITLES[section]}", "", notes[section], "", markdown_table(section, data["rows"]), ""]

@@ -5,9 +5,11 @@
 - Clients: C threads, each with its own HTTP connection, send `requests` /v1/classify calls between them (one test
   review each, the jobs by turns) as fast as they are answered. Figures: p50 and p99 latency, requests/s, input
   tokens/s, failed requests.
-- Contenders: the server as shipped (requests gathered into mixed batches), the same server answering one request
-  at a time (`--max-batch 1`), and PEFT answering the same requests one at a time in this process (one adapter per
-  prompt, `set_adapter` then a forward; PEFT has no server of its own, and no HTTP cost is added to it).
+- Contenders: the server as shipped (requests gathered into mixed batches), the same server answering a gathered
+  batch one prompt after another (`--no-mix`: what a server that cannot mix prompts does), the same server
+  answering one request at a time (`--max-batch 1`), and PEFT answering the same requests one at a time in this
+  process (one adapter per prompt, `set_adapter` then a forward; PEFT has no server of its own, and no HTTP cost
+  is added to it).
 - Batch 1: one client, completions of one token, a job's cached prompt against the bare backbone.
 - Overload: a server with a queue of 8 under 64 clients answers 200 or 429 (with Retry-After), nothing else.
 """
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
     from benchmarks.run import Bench
 
 Row = dict[str, Any]
-BATCHED, ONE, PEFT = "batched", "one-at-a-time", "peft-pt"
+BATCHED, BY_PROMPT, ONE, PEFT = "batched", "one-prompt-at-a-time", "one-at-a-time", "peft-pt"
 
 
 def _free_port() -> int:
@@ -217,6 +219,8 @@ def serving_http(bench: Bench) -> list[Row]:
         servers = ((BATCHED, f"server: requests gathered into mixed batches (max batch {s.http_max_batch}, "
                     f"{s.http_max_wait_ms:g} ms)", ["--max-batch", str(s.http_max_batch), "--max-wait-ms",
                                                    str(s.http_max_wait_ms)]),
+                   (BY_PROMPT, "server: gathered, one prompt at a time (--no-mix)",
+                    ["--max-batch", str(s.http_max_batch), "--max-wait-ms", str(s.http_max_wait_ms), "--no-mix"]),
                    (ONE, "server: one request at a time (--max-batch 1)", ["--max-batch", "1", "--max-wait-ms",
                                                                             "0"]))
         for method, name, args in servers:
@@ -248,13 +252,16 @@ def serving_http(bench: Bench) -> list[Row]:
 
 
 def with_http_ratios(rows: list[Row]) -> list[Row]:
-    """`requests_per_s_x_one`: over the one-at-a-time server at the same K and clients; `requests_per_s_x_peft`:
-    over PEFT at the same K."""
+    """`requests_per_s_x_one` and `_x_by_prompt`: over the one-request-at-a-time and the one-prompt-at-a-time
+    servers at the same K and clients; `requests_per_s_x_peft`: over PEFT at the same K."""
     for row in rows:
         if "requests_per_s" not in row:
             continue
-        one = next((r for r in rows if r["method"] == ONE and r["prompts"] == row["prompts"]
-                    and r["clients"] == row["clients"]), None)
+        same = [r for r in rows if r["prompts"] == row["prompts"] and r["clients"] == row["clients"]]
+        by_prompt = next((r for r in same if r["method"] == BY_PROMPT), None)
+        row["requests_per_s_x_by_prompt"] = (row["requests_per_s"] / by_prompt["requests_per_s"] if by_prompt
+                                             else None)
+        one = next((r for r in same if r["method"] == ONE), None)
         peft = next((r for r in rows if r["method"] == PEFT and r["prompts"] == row["prompts"]), None)
         row["requests_per_s_x_one"] = row["requests_per_s"] / one["requests_per_s"] if one else None
         row["requests_per_s_x_peft"] = row["requests_per_s"] / peft["requests_per_s"] if peft else None

@@ -226,11 +226,13 @@ def test_serving_http_ratios_and_table() -> None:
     """The serving-http rows' ratios (over the one-at-a-time server at the same K and clients, over PEFT at the same
     K) and their Markdown table (a real run needs server processes: README, "API", has its figures)."""
     from benchmarks.report import markdown_table
-    from benchmarks.serving_http import BATCHED, ONE, PEFT, with_http_ratios
+    from benchmarks.serving_http import BATCHED, BY_PROMPT, ONE, PEFT, with_http_ratios
 
     rows = with_http_ratios([
         {"contender": "batched", "method": BATCHED, "prompts": 16, "clients": 32, "requests_per_s": 12.0,
          "p50_ms": 900.0, "p99_ms": 1500.0, "tokens_per_s": 480.0, "failed": 0, "codes": {200: 64}},
+        {"contender": "by prompt", "method": BY_PROMPT, "prompts": 16, "clients": 32, "requests_per_s": 6.0,
+         "p50_ms": 1500.0, "p99_ms": 2500.0, "tokens_per_s": 240.0, "failed": 0, "codes": {200: 64}},
         {"contender": "one", "method": ONE, "prompts": 16, "clients": 32, "requests_per_s": 4.0, "p50_ms": 2000.0,
          "p99_ms": 4000.0, "tokens_per_s": 160.0, "failed": 0, "codes": {200: 64}},
         {"contender": "peft", "method": PEFT, "prompts": 16, "clients": 1, "requests_per_s": 6.0, "p50_ms": 150.0,
@@ -239,7 +241,8 @@ def test_serving_http_ratios_and_table() -> None:
          "x_bare": 1.1},
     ])
     assert rows[0]["requests_per_s_x_one"] == pytest.approx(3.0) and rows[0]["requests_per_s_x_peft"] == 2.0
-    assert rows[1]["requests_per_s_x_one"] == 1.0 and rows[2]["requests_per_s_x_one"] is None
-    assert "requests_per_s_x_one" not in rows[3]
+    assert rows[0]["requests_per_s_x_by_prompt"] == pytest.approx(2.0)
+    assert rows[2]["requests_per_s_x_one"] == 1.0 and rows[3]["requests_per_s_x_one"] is None
+    assert "requests_per_s_x_one" not in rows[4]
     table = markdown_table("serving-http", rows)
-    assert "| batched | 16 | 32 | 900 | 1500 | 12.00 | 2.00x | 3.00 |" in table and "200: 64" in table
+    assert "| batched | 16 | 32 | 900 | 1500 | 12.00 | 2.00x | 2.00 | 3.00 |" in table and "200: 64" in table
