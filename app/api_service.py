@@ -298,7 +298,7 @@ class Batcher:
             key = None if p is None else id(p)
             if key not in lanes:
                 lanes[key] = len(lane_list)
-                lane_list.append(Lane(p.prompt, p.codec, p.key) if p is not None else
+                lane_list.append(Lane(p.prompt, p.codec, p.key, p.offset) if p is not None else
                                  Lane(None, RawCodec(backbone.tokenizer, backbone.family, "",
                                                      self.limits.max_input_tokens)))
             queries.append(Query(lanes[key], w.source))

@@ -35,7 +35,7 @@ def compare_frame(job_ids: Sequence[int]) -> pd.DataFrame:
         pool = m.get("pool", 1) if name == "lamp" else 1
         metric = main_metric(result.metrics) or ("", float("nan"))
         rows.append([job_id, name, job.spec.get("model", {}).get("name"), data_name(job.spec), length,
-                     m.get("rank") if name in ("lamp", "dpt") else None, pool,
+                     m.get("rank"), pool,
                      length // pool if length else None, result.trainable_params, round(result.peak_memory_mb, 1),
                      round(result.train_seconds, 2), round(result.examples_per_second, 2), result.steps,
                      metric[0], metric[1], result.metrics.get("gen_accuracy")])

@@ -14,7 +14,7 @@ from typing import Any
 from app.access import Access, check_data_dir, check_model
 from core.errors import ConfigError, DataError, LampError, ProblemsError
 from core.inputs import check_inputs
-from core.methods import METHODS, LampConfig, method_config
+from core.methods import METHODS, DeptConfig, LampConfig, ResidualPtConfig, UlptConfig, method_config
 from core.spec import (
     DEFAULT_METHOD,
     DEFAULT_STEPS,
@@ -38,11 +38,13 @@ SOURCES = ("built-in task", OWN_DATA)
 # Every input of the form, in the order the handlers receive them.
 FIELDS = (
     "model", "dtype", "quantize", "source", "task", "data_file", "text_column", "template", "label_column", "kind",
-    "method", "length", "rank", "pool", "steps", "batch_size", "lr", "weight_decay", "max_length", "eval_every",
+    "method", "length", "rank", "pool", "bottleneck", "positions", "pair_lr", "steps", "batch_size", "lr",
+    "weight_decay", "max_length", "eval_every",
     "seed", "device", "max_attempts", "init_from", "data_dir", "strict", "lr_scaling", "prompt_init",
     "max_test_examples",
 )
 _M, _D, _T, _LAMP = ModelConfig(), DataConfig(), TrainConfig(), LampConfig()
+_RES, _DEPT, _ULPT = ResidualPtConfig(), DeptConfig(), UlptConfig()
 RECIPE_CHOICE = "method's default"
 """The lr-scaling / prompt-start value that leaves the choice to the method's recipe (core.spec.RECIPES)."""
 """The settings' own defaults (core.spec, core.methods): the form starts from them, so each is written once."""
@@ -50,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "model": _M.name, "dtype": _M.dtype, "quantize": _M.quantize, "source": "built-in task", "data_dir": None,
     "task": _D.task, "data_file": "", "text_column": None, "template": "", "label_column": None, "kind": _D.kind,
     "method": DEFAULT_METHOD, "length": _LAMP.length, "rank": _LAMP.rank, "pool": _LAMP.pool,
+    "bottleneck": ResidualPtConfig.bottleneck, "positions": DeptConfig.positions, "pair_lr": DeptConfig.pair_lr,
     "steps": DEFAULT_STEPS, "batch_size": _T.batch_size, "lr": "", "weight_decay": _T.weight_decay,
     "max_length": _T.max_length, "eval_every": _T.eval_every, "seed": _T.seed, "device": _T.device,
     "max_attempts": DEFAULT_MAX_ATTEMPTS, "init_from": "", "strict": _D.strict, "lr_scaling": RECIPE_CHOICE,
@@ -92,6 +95,17 @@ PRESETS = {
                {"method": "prompt-tuning", "length": _LAMP.length, "lr": None, **_RUN}),
         Preset("DPT baseline", f"P = A B with random A (l x r), B (r x d) (Xiao et al. 2023), l={_LAMP.length}, "
                f"r={_LAMP.rank}.", {"method": "dpt", "length": _LAMP.length, "rank": _LAMP.rank, "lr": None, **_RUN}),
+        Preset("Residual PT baseline", f"The prompt through a residual network with a {_RES.bottleneck}-wide "
+               f"bottleneck (Razdaibiedina et al. 2023), l={_RES.length}; folded into a plain prompt after training.",
+               {"method": "residual-pt", "length": _RES.length, "bottleneck": _RES.bottleneck, "lr": None, **_RUN}),
+        Preset("DePT baseline", f"A {_DEPT.length}-token prompt plus a rank-{_DEPT.rank} offset A B on the input's "
+               f"first {_DEPT.positions} token embeddings (Shi and Lipani 2024): prompt tuning's parameter count "
+               "with fewer prompt tokens.",
+               {"method": "dept", "length": _DEPT.length, "rank": _DEPT.rank, "positions": _DEPT.positions,
+                "pair_lr": _DEPT.pair_lr, "lr": None, **_RUN}),
+        Preset("ULPT baseline", f"The prompt learned in r={_ULPT.rank} dimensions and lifted by a frozen random "
+               f"projection, then scaled and shifted (Wu et al. 2025), l={_ULPT.length}.",
+               {"method": "ulpt", "length": _ULPT.length, "rank": _ULPT.rank, "lr": None, **_RUN}),
     )
 }
 
@@ -108,7 +122,8 @@ FIELD_OF_SETTING = {
     "model": "model", "dtype": "dtype", "quantize": "quantize", "task": "task", "data_dir": "data_dir",
     "train_file": "data_file", "eval_file": "data_file", "text_column": "text_column", "template": "template",
     "label_column": "label_column", "kind": "kind", "strict": "strict", "method": "method", "init": "method",
-    "length": "length", "rank": "rank", "pool": "pool", "steps": "steps", "epochs": "steps",
+    "length": "length", "rank": "rank", "pool": "pool", "bottleneck": "bottleneck", "positions": "positions",
+    "pair_lr": "pair_lr", "steps": "steps", "epochs": "steps",
     "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay", "max_length": "max_length",
     "eval_every": "eval_every", "checkpoint_every": "eval_every", "seed": "seed", "device": "device",
     "init_from": "init_from", "max_attempts": "max_attempts", "lr_scaling": "lr_scaling", "prompt_init": "prompt_init",
@@ -185,14 +200,15 @@ def settings_from_form(values: dict[str, Any], access: Access | None = None) -> 
     problems: dict[str, str] = {}
     ints = {n: _int(v, n, problems) for n in ("length", "rank", "pool", "steps", "batch_size", "max_length",
                                                "eval_every", "seed", "max_attempts")}
+    ints |= {n: _int(v, n, problems, optional=True) for n in ("bottleneck", "positions")}
     ints["max_test_examples"] = _int(v, "max_test_examples", problems, optional=True)
-    floats = {n: _float(v, n, problems) for n in ("lr", "weight_decay")}
+    floats = {n: _float(v, n, problems) for n in ("lr", "weight_decay", "pair_lr")}
     init_from = _init_from(v["init_from"], problems)
     if problems:
         raise FormError(problems)
     model = _checked(problems, "model", check_model, v["model"], access.allowed_dirs)
     try:
-        method = method_config(str(v["method"]), length=ints["length"], rank=ints["rank"], pool=ints["pool"])
+        method = method_config(str(v["method"]), **method_knobs(ints, floats))
     except ConfigError as exc:
         _add(problems, exc)
         method = LampConfig()
@@ -330,12 +346,20 @@ def hidden_size_of(model: str) -> int | None:
     return config_hidden_size(model)
 
 
+def method_knobs(ints: dict[str, int | None], floats: dict[str, float | None]) -> dict[str, Any]:
+    """The method's knobs among the form's numbers (method_config keeps those its method has)."""
+    return {"length": ints["length"], "rank": ints["rank"], "pool": ints["pool"], "bottleneck": ints["bottleneck"],
+            "positions": ints["positions"], "pair_lr": floats["pair_lr"]}
+
+
 def param_summary(model: str, method: str, length: Any, rank: Any, pool: Any,
-                  allowed_dirs: tuple[Path, ...] = ()) -> str:
+                  allowed_dirs: tuple[Path, ...] = (), **more: Any) -> str:
     """Markdown: the trainable parameters of these knobs and what the backbone will see. The model's config is
-    read only for a name the dashboard accepts (`default`, a hub id in the local cache, an allowed folder)."""
+    read only for a name the dashboard accepts (`default`, a hub id in the local cache, an allowed folder).
+    `more`: the knobs only some methods have (bottleneck, positions, pair_lr)."""
     try:
-        config = method_config(method, length=int(length), rank=int(rank), pool=int(pool))
+        extra = {k: (float(x) if k == "pair_lr" else int(x)) for k, x in more.items() if x not in (None, "")}
+        config = method_config(method, length=int(length), rank=int(rank), pool=int(pool), **extra)
     except (ConfigError, TypeError, ValueError) as exc:
         return f"**Trainable parameters:** fix the knobs first: {str(exc).splitlines()[0]}"
     try:
@@ -344,7 +368,7 @@ def param_summary(model: str, method: str, length: Any, rank: Any, pool: Any,
         return f"**Trainable parameters:** fix the model first: {exc}"
     hidden = hidden_size_of(model)
     tokens = getattr(config, "prompt_tokens", config.length)
-    formula = {"lamp": "l·r + r + r·d", "prompt-tuning": "l·d", "dpt": "l·r + r·d"}[method]
+    formula = config.formula
     if hidden is None:
         return (f"**Trainable parameters:** {formula} (hidden size d of `{model}` is read when the job loads it) · "
                 f"the model sees **{tokens}** prompt tokens")
@@ -364,7 +388,7 @@ def preset_values(label: str) -> dict[str, Any]:
 
 def knobs_of(method: str) -> frozenset[str]:
     """The knobs a method has (its config's fields): the form shows only those (prompt tuning has no rank or
-    pool, DPT no pool)."""
+    pool, DPT no pool, only residual-pt a bottleneck, only dept positions and a pair rate)."""
     config = METHODS.get(method)
     return frozenset(config.__dataclass_fields__) if config is not None else frozenset()
 

@@ -54,14 +54,14 @@ def format_seconds(seconds: float | None) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+KNOB_LETTERS = (("length", "l"), ("rank", "r"), ("pool", "p"), ("bottleneck", "m"), ("positions", "s"),
+                ("pair_lr", "pair_lr"))
+"""A job's method knobs as the Jobs table writes them, in the letters of the methods' formulas."""
+
+
 def knobs(spec: dict[str, Any]) -> str:
     m = spec.get("method", {})
-    parts = [f"l={m.get('length')}"]
-    if m.get("name") in ("lamp", "dpt"):
-        parts.append(f"r={m.get('rank')}")
-    if m.get("name") == "lamp":
-        parts.append(f"p={m.get('pool')}")
-    return " ".join(parts)
+    return " ".join(f"{letter}={m[name]}" for name, letter in KNOB_LETTERS if m.get(name) is not None)
 
 
 def data_name(spec: dict[str, Any]) -> str:

@@ -32,7 +32,7 @@ from core.artifact import load_artifact
 from core.batching import length_bucketed_order
 from core.evaluate import evaluate
 from core.events import Event
-from core.methods import DptConfig, LampConfig, MethodConfig, PromptTuningConfig
+from core.methods import METHODS, MethodConfig, PromptTuningConfig
 from core.spec import RECIPES, DataConfig, ModelConfig, RunSpec, TrainConfig
 from core.stats import interval95
 from core.tasks import Example
@@ -53,15 +53,17 @@ class Run:
 
 def method_defaults() -> list[MethodConfig]:
     """Each method as a run gets it with every knob unset."""
-    return [LampConfig(), PromptTuningConfig(), DptConfig()]
+    return [cls() for cls in METHODS.values()]
+
+
+KNOB_LETTERS = (("length", "l"), ("rank", "r"), ("pool", "p"), ("bottleneck", "m"), ("positions", "s"))
 
 
 def contender_name(config: MethodConfig) -> str:
-    if isinstance(config, LampConfig):
-        return f"lamp l={config.length} r={config.rank} p={config.pool}"
-    if isinstance(config, DptConfig):
-        return f"dpt l={config.length} r={config.rank}"
-    return f"prompt-tuning l={config.length}"
+    """The method and its size knobs in its formula's letters: `lamp l=100 r=8 p=4`, `dept l=60 r=30 s=256`."""
+    fields = config.__dataclass_fields__
+    return " ".join([config.name, *(f"{letter}={getattr(config, name)}" for name, letter in KNOB_LETTERS
+                                    if name in fields)])
 
 
 class AccuracyProtocol:
@@ -75,8 +77,10 @@ class AccuracyProtocol:
         self.test = self.task.test[: self.s.eval_examples]
         self.validation = self.task.validation[: self.data.max_eval_examples]
 
-    def score(self, prompt: torch.Tensor | None, examples: list[Example]) -> float:
-        metrics, _ = evaluate(self.bench.backbone, prompt, self.bench.codec, self.task, examples, generate=False)
+    def score(self, prompt: torch.Tensor | None, examples: list[Example], offset: torch.Tensor | None = None
+              ) -> float:
+        metrics, _ = evaluate(self.bench.backbone, prompt, self.bench.codec, self.task, examples, generate=False,
+                              offset=offset)
         return float(metrics["accuracy"])
 
     def train_settings(self, steps: int, seed: int) -> TrainConfig:
@@ -96,8 +100,10 @@ class AccuracyProtocol:
                 step_times.append(event.data["step_seconds"])
 
         result = fit(spec, folder, on_event=on_event, backbone=self.bench.backbone)
-        prompt = load_artifact(result.artifact).prompt().to(self.bench.device)
-        return Run(self.score(prompt, self.test), statistics.median(step_times), result.steps, result.best_step)
+        artifact = load_artifact(result.artifact)
+        prompt, offset = artifact.prompt().to(self.bench.device), artifact.offset()
+        score = self.score(prompt, self.test, None if offset is None else offset.to(self.bench.device))
+        return Run(score, statistics.median(step_times), result.steps, result.best_step)
 
     def peft(self, steps: int, seed: int) -> Run:
         """PEFT prompt tuning at prompt tuning's recipe, on fit()'s batches, schedule and validation steps."""

@@ -23,7 +23,7 @@ from torch import nn
 from core.artifact import save_artifact
 from core.backbone import Backbone
 from core.batching import Codec, Encoded, collate
-from core.methods import MethodConfig, build_prompt
+from core.methods import MethodConfig, build_prompt, input_offset
 from core.scoring import loss_fn, rank_candidates
 from core.spec import TrainConfig
 from core.train import optimizer_step, param_groups
@@ -78,17 +78,24 @@ class Ours(_Trained):
     def step(self, items: Sequence[Encoded]) -> None:
         b = self.backbone
         batch = collate(items, b.family, b.tokenizer.pad_token_id, b.device)
-        optimizer_step(loss_fn(b, self.module(), batch), self.params, self.optimizer, GRAD_CLIP)
+        optimizer_step(loss_fn(b, self.module(), batch, input_offset(self.module)), self.params, self.optimizer,
+                       GRAD_CLIP)
 
     def prompt(self) -> torch.Tensor:
         """The prompt the backbone reads (LAMP: pooled P'), as an artifact stores it. (n, d)"""
         with torch.no_grad():
             return self.module().detach()
 
+    def offset(self) -> torch.Tensor | None:
+        """What the method adds to the input's own token embeddings (DePT), as an artifact stores it; or None."""
+        with torch.no_grad():
+            offset = input_offset(self.module)
+            return None if offset is None else offset.detach()
+
     def save(self, out: Path) -> None:
         manifest = {"spec": {"method": {"name": self.method}}, "init_token_ids": self.init_ids,
                     "trainable_params": self.trainable_params, "prompt_tokens": self.prompt_tokens}
-        save_artifact(out, manifest, self.module.state_dict(), self.init_params, self.prompt())
+        save_artifact(out, manifest, self.module.state_dict(), self.init_params, self.prompt(), self.offset())
 
 
 class Floor:

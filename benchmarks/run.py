@@ -14,14 +14,22 @@ from typing import Any
 
 import torch
 
-from benchmarks.accuracy import PEFT, accuracy_section
+from benchmarks.accuracy import PEFT, accuracy_section, contender_name
 from benchmarks.contenders import Floor, Ours, PeftPromptTuning, our_label_scores
 from benchmarks.measure import PeakMemory, dir_bytes, time_calls
 from benchmarks.serving import serving
 from benchmarks.settings import BenchSettings
 from core.backbone import Backbone, load_backbone, resolve_device
 from core.batching import Codec, Encoded
-from core.methods import DptConfig, LampConfig, MethodConfig, PromptTuningConfig
+from core.methods import (
+    DeptConfig,
+    DptConfig,
+    LampConfig,
+    MethodConfig,
+    PromptTuningConfig,
+    ResidualPtConfig,
+    UlptConfig,
+)
 from core.serving import Lane, PromptKV, Query, rank_mixed
 from core.spec import DataConfig, ModelConfig
 from core.tasks import TaskData, load_builtin_task
@@ -78,8 +86,10 @@ class Bench:
         ]
         rows += [(f"lamp l={s.length} r={s.rank} p={p}", partial(self.ours, self.lamp(s.length, p)))
                  for p in s.pools]
-        rows += [(f"dpt l={s.length} r={s.rank}", lambda: self.ours(DptConfig(length=s.length, rank=s.rank))),
-                 ("floor: no prompt", lambda: Floor(self.backbone))]
+        rows += [(f"dpt l={s.length} r={s.rank}", lambda: self.ours(DptConfig(length=s.length, rank=s.rank)))]
+        others = [ResidualPtConfig(length=s.length), UlptConfig(length=s.length), DeptConfig()]  # their own knobs
+        rows += [(contender_name(c), partial(self.ours, c)) for c in others]
+        rows += [("floor: no prompt", lambda: Floor(self.backbone))]
         return rows
 
     # -- measuring one training contender ---------------------------------------------------------------------

@@ -3,7 +3,8 @@
     lamp_artifact.json        what was trained on what: spec, method, model, label words, template, metrics
     prompt_params.safetensors the method's trained parameters (LAMP: u, q, v)
     init_params.safetensors   the same parameters at initialisation (to measure drift)
-    prompt.safetensors        the pooled prompt P' the backbone sees, tensor "prompt" (l/p, d), float32
+    prompt.safetensors        the pooled prompt P' the backbone sees, tensor "prompt" (l/p, d), float32; for DePT
+                              also "offset" (s, d), added to the input's first s token embeddings
     history.jsonl             one line per step/eval event
     snapshots/step-NNNNNN.safetensors
                               the method's parameters at each evaluation (LAMP: u, q, v; a few to tens of KB each),
@@ -57,6 +58,11 @@ class Artifact:
         """The pooled prompt P' (l/p, d), float32."""
         return load_file(str(self.path / "prompt.safetensors"))["prompt"]
 
+    def offset(self) -> torch.Tensor | None:
+        """What the method adds to the input's own token embeddings (DePT: A B, (s, d)), float32; None for the
+        methods that only put a prompt in front."""
+        return load_file(str(self.path / "prompt.safetensors")).get("offset")
+
     def params(self) -> dict[str, torch.Tensor]:
         return load_file(str(self.path / "prompt_params.safetensors"))
 
@@ -82,12 +88,13 @@ def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_artifact(
     out: Path, manifest: dict[str, Any], params: dict[str, torch.Tensor], init_params: dict[str, torch.Tensor],
-    prompt: torch.Tensor,
+    prompt: torch.Tensor, offset: torch.Tensor | None = None,
 ) -> Artifact:
     out.mkdir(parents=True, exist_ok=True)
     save_file(_cpu(params), str(out / "prompt_params.safetensors"))
     save_file(_cpu(init_params), str(out / "init_params.safetensors"))
-    save_file(_cpu({"prompt": prompt}), str(out / "prompt.safetensors"))
+    save_file(_cpu({"prompt": prompt} if offset is None else {"prompt": prompt, "offset": offset}),
+              str(out / "prompt.safetensors"))
     write_json_atomic(out / MANIFEST, {"format_version": FORMAT_VERSION, **manifest})  # written last: marks done
     return Artifact(out, load_manifest(out))
 

@@ -125,12 +125,34 @@ def collate(items: Sequence[Encoded], family: Family, pad_id: int, device: torch
     return Batch(ids.to(device), mask.to(device), labels.to(device))
 
 
-def prompted_inputs(backbone: Backbone, prompt: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+def embed_inputs(backbone: Backbone, batch: Batch, offset: torch.Tensor | None = None) -> torch.Tensor:
+    """The rows' token embeddings (B, S, d); with an input offset (DePT's A B: (s, d) shared, or (B, s, d) one per
+    row), offset[t] is added to each row's t-th input token for t < s.
+
+    Input tokens are counted from each row's first unmasked token, whatever the padding (right-padded training
+    rows, left-padded generation rows); answer tokens (the labelled positions of a decoder-only row) get none."""
+    embeds = backbone.input_embeddings(batch.input_ids)  # (B, S, d)
+    if offset is None:
+        return embeds
+    mask = batch.attention_mask
+    t = mask.cumsum(dim=1) - 1  # (B, S): each token's index among its row's tokens
+    inputs = mask.bool() & (t < offset.shape[-2])
+    if backbone.family == "causal" and batch.labels.shape == batch.input_ids.shape:
+        inputs &= batch.labels == -100  # the answer's tokens are embedded as decoding embeds them
+    t = t.clamp(0, offset.shape[-2] - 1)
+    o = offset.to(embeds.dtype)
+    rows = o[t] if o.dim() == 2 else o[torch.arange(o.shape[0], device=o.device)[:, None], t]  # (B, S, d)
+    return embeds + rows * inputs[..., None].to(embeds.dtype)
+
+
+def prompted_inputs(backbone: Backbone, prompt: torch.Tensor, batch: Batch, offset: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """inputs_embeds (B, n + S, d) and attention mask (B, n + S) with the prompt first.
 
-    `prompt` is (n, d) for one prompt shared by the batch or (B, n, d) for one prompt per row.
+    `prompt` is (n, d) for one prompt shared by the batch or (B, n, d) for one prompt per row; `offset` is added
+    to the inputs' own token embeddings (embed_inputs).
     """
-    embeds = backbone.input_embeddings(batch.input_ids)  # (B, S, d)
+    embeds = embed_inputs(backbone, batch, offset)  # (B, S, d)
     rows = batch.size
     p = prompt.to(embeds.dtype)
     p = p.unsqueeze(0).expand(rows, -1, -1) if p.dim() == 2 else p  # (B, n, d)

@@ -17,7 +17,7 @@ from typing import Any
 from core.errors import LampError
 from core.events import Event
 from core.inputs import check_inputs
-from core.methods import METHODS, LampConfig, ResidualPtConfig, method_config, trainable_param_counts
+from core.methods import METHODS, DeptConfig, LampConfig, ResidualPtConfig, method_config, trainable_param_counts
 from core.spec import (
     DEFAULT_METHOD,
     DEFAULT_STEPS,
@@ -44,14 +44,20 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
     _add_data_arguments(p)
     g = p.add_argument_group("method")
     g.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS))
-    g.add_argument("--length", type=int, default=None, help=f"soft prompt tokens l (default {_LAMP.length})")
-    g.add_argument("--rank", type=int, default=None, help=f"rank r for lamp and dpt (default {_LAMP.rank})")
+    g.add_argument("--length", type=int, default=None,
+                   help=f"soft prompt tokens l (default: the method's; lamp {_LAMP.length}, dept {DeptConfig.length})")
+    g.add_argument("--rank", type=int, default=None,
+                   help=f"rank r for lamp, dpt, ulpt and dept (default: the method's; lamp {_LAMP.rank})")
     g.add_argument("--pool", type=int, default=None,
                    help=f"lamp: average-pool blocks of p tokens (default {_LAMP.pool})")
     g.add_argument("--init", default=None, choices=["balanced", "paper"],
                    help=f"lamp: starting Q (default {_LAMP.init})")
     g.add_argument("--bottleneck", type=int, default=None,
                    help=f"residual-pt: the network's hidden width (default {ResidualPtConfig.bottleneck})")
+    g.add_argument("--positions", type=int, default=None,
+                   help=f"dept: input positions s its offset covers (default {DeptConfig.positions})")
+    g.add_argument("--pair-lr", type=float, default=None,
+                   help=f"dept: the rate of A and B as a multiple of --lr (default {DeptConfig.pair_lr})")
     _add_train_arguments(p)
 
 
@@ -119,7 +125,7 @@ def spec_from_args(a: argparse.Namespace) -> RunSpec:
     spec = RunSpec(
         model=ModelConfig(a.model, a.dtype, a.quantize),
         method=method_config(a.method, length=a.length, rank=a.rank, pool=a.pool, init=a.init,
-                             bottleneck=a.bottleneck),
+                             bottleneck=a.bottleneck, positions=a.positions, pair_lr=a.pair_lr),
         data=DataConfig(task=task, data_dir=a.data_dir, train_file=a.train_file, eval_file=a.eval_file,
                         text_column=a.text_column, template=a.template, label_column=a.label_column, kind=a.kind,
                         max_train_examples=a.max_train_examples, max_eval_examples=a.max_eval_examples,

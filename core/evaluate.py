@@ -42,12 +42,13 @@ def evaluate(
     generate: bool = True,
     batch_size: int = 32,
     progress: Progress | None = None,
+    offset: torch.Tensor | None = None,
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Metrics by name and how each was scored ("rank" or "generation").
 
     Ranked tasks report the task's metrics by ranking and, with `generate`, the same metrics by generation under
     a `gen_` prefix. Free-text tasks are scored by generation under the plain names. `progress` hears how many
-    examples are scored after every CHUNK of them.
+    examples are scored after every CHUNK of them. `offset`: the method's input offset (DePT; core.scoring).
     """
     if not examples:
         return {}, {}
@@ -64,10 +65,11 @@ def evaluate(
             part = slice(start, start + CHUNK)
             if generate:
                 t, sc = generate_and_rank(backbone, prompt, codec, sources[part], cands[part],
-                                          batch_size=batch_size, max_new_tokens=new)
+                                          batch_size=batch_size, max_new_tokens=new, offset=offset)
                 texts += t
             else:
-                sc = rank_candidates(backbone, prompt, codec, sources[part], cands[part], batch_size=batch_size)
+                sc = rank_candidates(backbone, prompt, codec, sources[part], cands[part], batch_size=batch_size,
+                                     offset=offset)
             scores += sc
             report(min(start + CHUNK, len(sources)), len(sources))
         picks = [c[max(range(len(s)), key=s.__getitem__)] for c, s in zip(cands, scores, strict=True)]
@@ -79,7 +81,7 @@ def evaluate(
         return metrics, scoring
     texts = []
     for start in range(0, len(examples), CHUNK):
-        texts += _generate(backbone, prompt, codec, task, examples[start : start + CHUNK], batch_size)
+        texts += _generate(backbone, prompt, codec, task, examples[start : start + CHUNK], batch_size, offset)
         report(min(start + CHUNK, len(examples)), len(examples))
     for name, value in compute_metrics(task.metrics, texts, examples, label_words=words).items():
         metrics[name], scoring[name] = value, "generation"
@@ -87,9 +89,9 @@ def evaluate(
 
 
 def _generate(backbone: Backbone, prompt: torch.Tensor | None, codec: Codec, task: TaskData,
-              examples: Sequence[Example], batch_size: int) -> list[str]:
+              examples: Sequence[Example], batch_size: int, offset: torch.Tensor | None = None) -> list[str]:
     return generate(backbone, prompt, codec, [e.source for e in examples], max_new_tokens=32,
-                    batch_size=batch_size)
+                    batch_size=batch_size, offset=offset)
 
 
 def primary_metric(task: TaskData, metrics: dict[str, float]) -> str:

@@ -19,6 +19,10 @@ def export_peft(artifact_dir: str | Path, out_dir: str | Path, base_model: str |
     from peft import PromptTuningConfig, TaskType
 
     artifact = load_artifact(artifact_dir)
+    if artifact.offset() is not None:
+        raise ArtifactError(f"{artifact_dir}: a {artifact.method.name} prompt also changes the input's own token "
+                            "embeddings (its offset A B), and a PEFT prompt-tuning adapter can only put vectors in "
+                            "front of them; serve it with LAMP Studio (lamp api) or export --format prompt-embeds")
     model = artifact.manifest["model"]
     prompt = artifact.prompt()  # (l/p, d)
     if prompt.shape[1] != model["hidden_size"]:
@@ -45,7 +49,8 @@ def export_prompt_embeds(artifact_dir: str | Path, out_dir: str | Path) -> Path:
     """The pooled prompt as a plain tensor for engines that take embeddings as input (vLLM's
     `--enable-prompt-embeds`): `prompt_embeds.safetensors` holds `prompt_embeds` (l/p, d) in float32, and
     `prompt_embeds.json` the backbone, the task's template, answer cue and label words (core.prompt_embeds builds
-    a request from both)."""
+    a request from both). A DePT prompt's input offset goes along as `offset` (s, d): the request adds it to the
+    input's first s token embeddings."""
     artifact = load_artifact(artifact_dir)
     model = artifact.manifest["model"]
     prompt = artifact.prompt()
@@ -57,10 +62,15 @@ def export_prompt_embeds(artifact_dir: str | Path, out_dir: str | Path) -> Path:
     task = artifact.manifest["task"]
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    save_file({"prompt_embeds": prompt.float().contiguous()}, str(out / PROMPT_EMBEDS))
+    offset = artifact.offset()
+    tensors = {"prompt_embeds": prompt.float().contiguous()}
+    if offset is not None:
+        tensors["offset"] = offset.float().contiguous()
+    save_file(tensors, str(out / PROMPT_EMBEDS))
     meta = {"backbone": model["hub_id"], "hidden_size": int(prompt.shape[1]), "prompt_tokens": int(prompt.shape[0]),
             "dtype": artifact.spec.model.dtype, "template": task["template"] or "{text}",
             "answer_cue": task["answer_cue"], "label_words": artifact.label_words,
-            "layout": "[prompt_embeds; embed(tokenizer(template.format(text) + '\\n' + answer_cue + ':'))]"}
+            "layout": "[prompt_embeds; embed(tokenizer(template.format(text) + '\\n' + answer_cue + ':'))"
+                      + (" + offset[:n]]" if offset is not None else "]")}
     (out / PROMPT_EMBEDS_META).write_text(json.dumps(meta, indent=2) + "\n")
     return out

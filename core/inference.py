@@ -82,6 +82,9 @@ class Predictor:
         spec = artifact.spec
         self.codec = Codec.for_backbone(backbone, task["answer_cue"], spec.train.max_length)
         self.prompt = artifact.prompt().to(backbone.device)
+        offset = artifact.offset()
+        self.offset = None if offset is None else offset.to(backbone.device)
+        """What the method adds to the input's own token embeddings (DePT), or None."""
         manifest = Path(artifact.path) / "lamp_artifact.json"
         self.key = (str(artifact.path), manifest.stat().st_mtime_ns if manifest.is_file() else 0,
                     str(backbone.device))
@@ -97,12 +100,12 @@ class Predictor:
 
     def predict(self, sources: list[str], *, use_prompt: bool = True, max_new_tokens: int = 16) -> list[Prediction]:
         """Answers for model inputs (already rendered with the template); `use_prompt=False` is the bare model."""
-        prompt = self.prompt if use_prompt else None
-        texts = generate(self.backbone, prompt, self.codec, sources, max_new_tokens=max_new_tokens)
+        prompt, offset = (self.prompt, self.offset) if use_prompt else (None, None)
+        texts = generate(self.backbone, prompt, self.codec, sources, max_new_tokens=max_new_tokens, offset=offset)
         if self.label_words is None:
             return [Prediction(s, g, g) for s, g in zip(sources, texts, strict=True)]
         words = self.label_words
-        scores = rank_candidates(self.backbone, prompt, self.codec, sources, [words] * len(sources))
+        scores = rank_candidates(self.backbone, prompt, self.codec, sources, [words] * len(sources), offset=offset)
         return [_prediction(src, gen, words, row) for src, gen, row in zip(sources, texts, scores, strict=True)]
 
 
@@ -186,8 +189,9 @@ class MultiPredictor:
             key = (None if ask.bare else ask.prompt, pred.codec.answer_cue, pred.codec.max_length)
             lane = lanes.setdefault(key, len(lanes))
             rows.append(queries.setdefault(Query(lane, ask.source, pred.label_words or ()), len(queries)))
-        lane_list = [Lane(None if k is None else self.predictors[k].prompt, self._codec(cue, length),
-                          None if k is None else self.predictors[k].key)
+        lane_list = [Lane(None, self._codec(cue, length)) if k is None else
+                     Lane(self.predictors[k].prompt, self._codec(cue, length), self.predictors[k].key,
+                          self.predictors[k].offset)
                      for (k, cue, length) in lanes]
         unique = list(queries)
         texts = (generate_mixed(self.backbone, lane_list, unique, max_new_tokens=max_new_tokens, kv_cache=kv_cache,

@@ -30,16 +30,19 @@ class ExportedPrompt:
     prompt: torch.Tensor
     """(n, d) float32."""
     meta: dict[str, Any]
+    offset: torch.Tensor | None = None
+    """(s, d) float32: DePT's input offset, added to the input's first s token embeddings; None for the others."""
 
     @classmethod
     def load(cls, folder: str | Path) -> ExportedPrompt:
         root = Path(folder).expanduser()
         try:
-            prompt = load_file(str(root / PROMPT_EMBEDS))["prompt_embeds"]
+            tensors = load_file(str(root / PROMPT_EMBEDS))
             meta = json.loads((root / PROMPT_EMBEDS_META).read_text())
+            prompt = tensors["prompt_embeds"]
         except (OSError, ValueError, KeyError) as exc:
             raise ArtifactError(f"{root}: not a prompt-embeds export ({exc.__class__.__name__})") from None
-        return cls(prompt, meta)
+        return cls(prompt, meta, tensors.get("offset"))
 
     def source_text(self, text: str) -> str:
         """The model input for a text, as training saw it: the task's template, then the answer cue."""
@@ -48,10 +51,14 @@ class ExportedPrompt:
         return f"{render_source(self.meta['template'], text)}\n{self.meta['answer_cue']}:"
 
     def request(self, tokenizer: Any, embedding: torch.nn.Module, text: str) -> torch.Tensor:
-        """`[prompt; embed(ids)]` for one input: (prompt tokens + input tokens, d), in the embedding's dtype."""
+        """`[prompt; embed(ids)]` for one input: (prompt tokens + input tokens, d), in the embedding's dtype; with
+        an offset, its first rows are added to the input's first token embeddings."""
         ids = torch.tensor(tokenizer(self.source_text(text))["input_ids"])
         with torch.no_grad():
             tokens = embedding(ids)
+            if self.offset is not None:
+                n = min(len(ids), self.offset.shape[0])
+                tokens = torch.cat([tokens[:n] + self.offset[:n].to(tokens.dtype), tokens[n:]])
         return torch.cat([self.prompt.to(tokens.dtype), tokens], dim=0)
 
 

@@ -9,23 +9,25 @@ import torch
 import torch.nn.functional as F
 
 from core.backbone import Backbone
-from core.batching import Batch, Codec, Encoded, collate, eval_batches, prompted_inputs
+from core.batching import Batch, Codec, Encoded, collate, embed_inputs, eval_batches, prompted_inputs
 
 
-def token_logprobs(backbone: Backbone, prompt: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probability of every labelled token and the row it belongs to: (N,), (N,).
+def token_logprobs(backbone: Backbone, prompt: torch.Tensor, batch: Batch, offset: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of every labelled token and the row it belongs to: (N,), (N,). `offset`: what the method
+    adds to the inputs' own token embeddings (DePT; core.batching.embed_inputs), here and in every function below.
 
     Decoder-only: the LM head runs only where there is a label (hidden states of the positions before the
     targets), not over the whole vocabulary at every position, which is about a fifth of a step on small models.
     """
     if backbone.family == "seq2seq":
-        embeds, mask = prompted_inputs(backbone, prompt, batch)
+        embeds, mask = prompted_inputs(backbone, prompt, batch, offset)
         out = backbone.model(inputs_embeds=embeds, attention_mask=mask, labels=batch.labels)
         keep = batch.labels != -100  # (B, L)
         logits = out.logits[keep].float()  # (N, V)
         targets = batch.labels[keep]
     else:
-        hidden = causal_hidden(backbone, prompt, batch)  # (B, S, d)
+        hidden = causal_hidden(backbone, prompt, batch, offset)  # (B, S, d)
         labels = batch.labels[:, 1:]  # the token at t is predicted from position t - 1
         keep = labels != -100  # (B, S - 1)
         logits = backbone.model.get_output_embeddings()(hidden[:, :-1][keep]).float()  # (N, V)
@@ -35,7 +37,8 @@ def token_logprobs(backbone: Backbone, prompt: torch.Tensor, batch: Batch) -> tu
     return logp, rows
 
 
-def causal_hidden(backbone: Backbone, prompt: torch.Tensor, batch: Batch) -> torch.Tensor:
+def causal_hidden(backbone: Backbone, prompt: torch.Tensor, batch: Batch, offset: torch.Tensor | None = None
+                  ) -> torch.Tensor:
     """Decoder-only: the last hidden states of the batch's own positions, the prompt before them. (B, S, d)
 
     A prompt shared by every row is the same prefix for all of them, and under causal attention its hidden states
@@ -46,10 +49,10 @@ def causal_hidden(backbone: Backbone, prompt: torch.Tensor, batch: Batch) -> tor
     model = backbone.model.base_model
     cache = shared_prompt_cache(backbone, prompt, batch.size)
     if cache is not None:
-        embeds = backbone.input_embeddings(batch.input_ids)  # (B, S, d)
+        embeds = embed_inputs(backbone, batch, offset)  # (B, S, d)
         mask = _prompt_mask(prompt.shape[0], batch.attention_mask)  # (B, n + S)
         return model(inputs_embeds=embeds, attention_mask=mask, past_key_values=cache, use_cache=True).last_hidden_state
-    embeds, mask = prompted_inputs(backbone, prompt, batch)
+    embeds, mask = prompted_inputs(backbone, prompt, batch, offset)
     hidden = model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
     return hidden[:, prompt.shape[-2]:]  # (B, S, d): the prompt positions dropped
 
@@ -80,15 +83,17 @@ def _prompt_mask(n: int, mask: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.ones(mask.shape[0], n, dtype=mask.dtype, device=mask.device), mask], dim=1)
 
 
-def loss_fn(backbone: Backbone, prompt: torch.Tensor, batch: Batch) -> torch.Tensor:
+def loss_fn(backbone: Backbone, prompt: torch.Tensor, batch: Batch, offset: torch.Tensor | None = None
+            ) -> torch.Tensor:
     """Mean negative log-likelihood per target token."""
-    logp, _ = token_logprobs(backbone, prompt, batch)
+    logp, _ = token_logprobs(backbone, prompt, batch, offset)
     return -logp.mean()
 
 
-def sequence_logprobs(backbone: Backbone, prompt: torch.Tensor, batch: Batch) -> torch.Tensor:
+def sequence_logprobs(backbone: Backbone, prompt: torch.Tensor, batch: Batch, offset: torch.Tensor | None = None
+                      ) -> torch.Tensor:
     """Summed log-likelihood of each row's target. (B,)"""
-    logp, rows = token_logprobs(backbone, prompt, batch)
+    logp, rows = token_logprobs(backbone, prompt, batch, offset)
     return torch.zeros(batch.size, device=logp.device).index_add_(0, rows, logp)
 
 
@@ -101,6 +106,7 @@ def rank_candidates(
     candidates: Sequence[Sequence[str]],
     *,
     batch_size: int = 32,
+    offset: torch.Tensor | None = None,
 ) -> list[list[float]]:
     """Log-likelihood of each candidate's words (no end marker) after each source: a list of scores per source.
 
@@ -114,7 +120,7 @@ def rank_candidates(
     if short:
         tokens = [firsts[i] or [] for i in short]
         for i, row in zip(short, _next_token_logprobs(backbone, p, codec, [sources[i] for i in short], tokens,
-                                                      batch_size), strict=True):
+                                                      batch_size, offset), strict=True):
             out[i] = row
     flat: list[Encoded] = []
     owner: list[int] = []
@@ -127,7 +133,7 @@ def rank_candidates(
         scores = torch.empty(len(flat))
         for idx in eval_batches([len(e.source) + len(e.target) for e in flat], batch_size):
             batch = collate([flat[i] for i in idx], codec.family, codec.tokenizer.pad_token_id, backbone.device)
-            scores[idx] = sequence_logprobs(backbone, p, batch).float().cpu()
+            scores[idx] = sequence_logprobs(backbone, p, batch, offset).float().cpu()
         for i, sc in zip(owner, scores.tolist(), strict=True):
             out[i].append(sc)
     return out
@@ -139,7 +145,7 @@ def source_budget(codec: Codec, target: list[int]) -> int:
 
 def _next_token_logprobs(
     backbone: Backbone, prompt: torch.Tensor, codec: Codec, sources: Sequence[str], tokens: list[list[int]],
-    batch_size: int,
+    batch_size: int, offset: torch.Tensor | None = None,
 ) -> list[list[float]]:
     """log p(token | prompt, source) of the given first-answer tokens, one forward per batch of sources."""
     encoded = [codec.source(s, codec.max_length - 1) for s in sources]
@@ -148,19 +154,20 @@ def _next_token_logprobs(
         # One stand-in target token per row marks where the answer starts.
         items = [Encoded(encoded[i], [tokens[i][0]]) for i in idx]
         batch = collate(items, codec.family, codec.tokenizer.pad_token_id, backbone.device)
-        logp = _answer_start_logprobs(backbone, prompt, batch).cpu()  # (B, V); one copy, not one sync per row
+        logp = _answer_start_logprobs(backbone, prompt, batch, offset).cpu()  # (B, V); one copy, not one sync per row
         for row, i in enumerate(idx):
             out[i] = logp[row, tokens[i]].tolist()
     return out
 
 
-def _answer_start_logprobs(backbone: Backbone, prompt: torch.Tensor, batch: Batch) -> torch.Tensor:
+def _answer_start_logprobs(backbone: Backbone, prompt: torch.Tensor, batch: Batch,
+                           offset: torch.Tensor | None = None) -> torch.Tensor:
     """Log-softmax over the vocabulary at the first answer position of each row. (B, V)"""
     if backbone.family == "seq2seq":
-        embeds, mask = prompted_inputs(backbone, prompt, batch)
+        embeds, mask = prompted_inputs(backbone, prompt, batch, offset)
         out = backbone.model(inputs_embeds=embeds, attention_mask=mask, labels=batch.labels[:, :1])
         return torch.log_softmax(out.logits[:, 0].float(), dim=-1)
-    hidden = causal_hidden(backbone, prompt, batch)  # (B, S, d)
+    hidden = causal_hidden(backbone, prompt, batch, offset)  # (B, S, d)
     last = (batch.labels != -100).float().argmax(dim=1) - 1  # position before the single label token
     h = hidden[torch.arange(batch.size, device=hidden.device), last]  # (B, d)
     return torch.log_softmax(backbone.model.get_output_embeddings()(h).float(), dim=-1)
@@ -179,6 +186,7 @@ def generate(
     *,
     max_new_tokens: int = 16,
     batch_size: int = 16,
+    offset: torch.Tensor | None = None,
 ) -> list[str]:
     """Greedy answers, one per source."""
     out: list[str] = [""] * len(sources)
@@ -187,9 +195,9 @@ def generate(
     for idx in eval_batches([len(e) for e in encoded], batch_size):
         ids = [encoded[i] for i in idx]
         if backbone.family == "seq2seq":
-            texts = _generate_seq2seq(backbone, p, ids, max_new_tokens)
+            texts = _generate_seq2seq(backbone, p, ids, max_new_tokens, offset)
         else:
-            texts, _ = _generate_causal(backbone, p, ids, max_new_tokens)
+            texts, _ = _generate_causal(backbone, p, ids, max_new_tokens, offset)
         for i, text in zip(idx, texts, strict=True):
             out[i] = text.strip()
     return out
@@ -228,6 +236,7 @@ def generate_and_rank(
     *,
     max_new_tokens: int = 16,
     batch_size: int = 16,
+    offset: torch.Tensor | None = None,
 ) -> tuple[list[str], list[list[float]]]:
     """Greedy answers and candidate scores from the same passes.
 
@@ -236,14 +245,16 @@ def generate_and_rank(
     """
     tokens = single_token_candidates(codec, candidates) if backbone.family == "causal" else None
     if tokens is None:
-        texts = generate(backbone, prompt, codec, sources, max_new_tokens=max_new_tokens, batch_size=batch_size)
-        return texts, rank_candidates(backbone, prompt, codec, sources, candidates, batch_size=batch_size)
+        texts = generate(backbone, prompt, codec, sources, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                         offset=offset)
+        return texts, rank_candidates(backbone, prompt, codec, sources, candidates, batch_size=batch_size,
+                                      offset=offset)
     encoded = [codec.source(s, codec.max_length - 1) for s in sources]
     p = prompt if prompt is not None else _empty_prompt(backbone)
     out: list[str] = [""] * len(sources)
     scores: list[list[float]] = [[] for _ in sources]
     for idx in eval_batches([len(e) for e in encoded], batch_size):
-        texts, first = _generate_causal(backbone, p, [encoded[i] for i in idx], max_new_tokens)
+        texts, first = _generate_causal(backbone, p, [encoded[i] for i in idx], max_new_tokens, offset)
         first = first.cpu()  # (B, V); one copy, not one sync per row
         for row, (i, text) in enumerate(zip(idx, texts, strict=True)):
             out[i] = text.strip()
@@ -251,16 +262,17 @@ def generate_and_rank(
     return out, scores
 
 
-def _generate_seq2seq(backbone: Backbone, prompt: torch.Tensor, ids: list[list[int]], new: int) -> list[str]:
+def _generate_seq2seq(backbone: Backbone, prompt: torch.Tensor, ids: list[list[int]], new: int,
+                      offset: torch.Tensor | None = None) -> list[str]:
     batch = collate([Encoded(s, [0]) for s in ids], "seq2seq", backbone.tokenizer.pad_token_id, backbone.device)
-    embeds, mask = prompted_inputs(backbone, prompt, batch)
+    embeds, mask = prompted_inputs(backbone, prompt, batch, offset)
     tokens = backbone.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=new,
                                      do_sample=False, num_beams=1)
     return list(backbone.tokenizer.batch_decode(tokens, skip_special_tokens=True))
 
 
 def _generate_causal(
-    backbone: Backbone, prompt: torch.Tensor, ids: list[list[int]], new: int
+    backbone: Backbone, prompt: torch.Tensor, ids: list[list[int]], new: int, offset: torch.Tensor | None = None
 ) -> tuple[list[str], torch.Tensor]:
     """Greedy decoding with a KV cache; also returns the first step's log-softmax (B, V).
 
@@ -272,10 +284,10 @@ def _generate_causal(
     batch = left_padded(backbone, ids)
     cache = shared_prompt_cache(backbone, prompt, rows)
     if cache is None:
-        embeds, mask = prompted_inputs(backbone, prompt, batch)  # (B, n + S, d), (B, n + S)
+        embeds, mask = prompted_inputs(backbone, prompt, batch, offset)  # (B, n + S, d), (B, n + S)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
     else:  # the prompt's keys and values are already in the cache: only the rows' own positions run
-        embeds, mask = backbone.input_embeddings(batch.input_ids), _prompt_mask(prompt.shape[0], batch.attention_mask)
+        embeds, mask = embed_inputs(backbone, batch, offset), _prompt_mask(prompt.shape[0], batch.attention_mask)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, prompt.shape[0]:]  # (B, S)
     out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=cache,
                 use_cache=True, logits_to_keep=1)
@@ -284,14 +296,14 @@ def _generate_causal(
 
 
 def left_padded(backbone: Backbone, ids: list[list[int]]) -> Batch:
-    """Sources padded on the left, so that every row ends at the same column. (B, S)"""
+    """Sources padded on the left, so that every row ends at the same column, no position labelled. (B, S)"""
     width, device = max(len(s) for s in ids), backbone.device
     input_ids = torch.full((len(ids), width), backbone.tokenizer.pad_token_id, dtype=torch.long)
     attn = torch.zeros_like(input_ids)
     for r, s in enumerate(ids):
         input_ids[r, width - len(s) :] = torch.tensor(s)
         attn[r, width - len(s) :] = 1
-    return Batch(input_ids.to(device), attn.to(device), input_ids.to(device))
+    return Batch(input_ids.to(device), attn.to(device), torch.full_like(input_ids, -100).to(device))
 
 
 def greedy_continue(backbone: Backbone, out: Any, mask: torch.Tensor, positions: torch.Tensor, new: int) -> list[str]:

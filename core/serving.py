@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from core.backbone import Backbone
-from core.batching import Batch, Codec, Encoded, collate, eval_batches
+from core.batching import Batch, Codec, Encoded, collate, embed_inputs, eval_batches
 from core.scoring import answer_tokens, continue_ids, left_padded, one_token_each, source_budget
 
 
@@ -41,6 +41,8 @@ class Lane:
     key: Hashable | None = None
     """Names the prompt in a PromptKV cache (an artifact's path and version): its keys and values are computed
     once and reused by later calls. None: computed for this call only."""
+    offset: torch.Tensor | None = None
+    """(s, d): what the lane's method adds to its inputs' own token embeddings (DePT); None for the others."""
 
 
 LayerKV = list[tuple[torch.Tensor, torch.Tensor]]
@@ -108,6 +110,14 @@ class PromptTable:
                 self.table[i, width - n :] = lane.prompt.to(backbone.device, backbone.dtype)
                 self.mask[i, width - n :] = 1
         self.kv = _prompt_keys_values(backbone, lanes, width, kv_cache)
+        spans = [0 if lane.offset is None else int(lane.offset.shape[0]) for lane in lanes]
+        self.offsets: torch.Tensor | None = None
+        """(L, s, d): each lane's input offset, zeros past its own s and for lanes without one; None if none has."""
+        if any(spans):
+            self.offsets = torch.zeros(len(lanes), max(spans), d, dtype=backbone.dtype, device=backbone.device)
+            for i, (lane, s) in enumerate(zip(lanes, spans, strict=True)):
+                if lane.offset is not None and s:
+                    self.offsets[i, :s] = lane.offset.to(backbone.device, backbone.dtype)
 
     def width(self, lanes: torch.Tensor) -> int:
         """The prompt block's width for rows reading these lanes: their longest prompt."""
@@ -182,7 +192,8 @@ def _encoder_inputs(backbone: Backbone, prompts: PromptTable, lanes: torch.Tenso
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """[prompt_i][row] embeddings and their mask. (B, m + S, d), (B, m + S)"""
     block, prompt_mask = prompts.block(lanes, prompts.width(lanes))  # (B, m, d), (B, m)
-    embeds = torch.cat([block, backbone.input_embeddings(batch.input_ids)], dim=1)
+    offsets = None if prompts.offsets is None else prompts.offsets[lanes]  # (B, s, d)
+    embeds = torch.cat([block, embed_inputs(backbone, batch, offsets)], dim=1)
     return embeds, torch.cat([prompt_mask.to(batch.attention_mask.dtype), batch.attention_mask], dim=1)
 
 

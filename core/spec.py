@@ -130,6 +130,7 @@ RECIPES = {
     "dpt": MEASURED,
     "residual-pt": Recipe(lr=0.08, lr_scaling="relative", prompt_init="vocab"),
     "ulpt": Recipe(lr=0.08, lr_scaling="relative", prompt_init="vocab"),
+    "dept": MEASURED,
 }
 PAPER = Recipe(lr=0.3, lr_scaling="absolute", prompt_init="vocab")
 """The paper's T5 recipe, for comparison: one absolute rate, the start sampled from common tokens."""

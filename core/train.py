@@ -21,7 +21,7 @@ from core.batching import Codec, Encoded, collate, length_bucketed_order
 from core.errors import Cancelled, ConfigError, OutOfMemory, TrainingDiverged
 from core.evaluate import evaluate, primary_metric
 from core.events import Callback, Event, peak_memory_mb
-from core.methods import build_prompt
+from core.methods import build_prompt, input_offset
 from core.scoring import loss_fn
 from core.spec import DEFAULT_STEPS, DataConfig, RunSpec, spec_from_dict, spec_to_dict, validate_spec
 from core.tasks import TaskData, load_builtin_task, load_user_task
@@ -93,14 +93,17 @@ def param_groups(prompt: nn.Module, lr: float, scaling: str, start: dict[str, to
     `absolute`: every tensor takes `lr`. `relative`: `lr` times the RMS of the tensor's starting value (`start`,
     the module's state at initialisation, so a resumed run computes the same rates); Adam moves every entry by about
     its rate per step, so this moves each tensor by the same fraction of its own size. A tensor that starts at
-    zero takes `fallback_rms` (the backbone's embedding RMS) as its size."""
-    if scaling != "relative":  # one group, as checkpoints written before per-tensor rates hold
+    zero takes `fallback_rms` (the backbone's embedding RMS) as its size. A module's `lr_factors` (DePT's second
+    rate for A and B) multiply its tensors' rates either way."""
+    factors: dict[str, float] = getattr(prompt, "lr_factors", {})
+    if scaling != "relative" and not factors:  # one group, as checkpoints written before per-tensor rates hold
         return [{"params": _trainable(prompt), "lr": lr, "base_lr": lr}]
     groups = []
     for name, param in prompt.named_parameters():
         if param.requires_grad:
             rms = start[name].detach().float().pow(2).mean().sqrt().item()
-            rate = lr * (rms if rms > 0 else fallback_rms)
+            size = (rms if rms > 0 else fallback_rms) if scaling == "relative" else 1.0
+            rate = lr * size * factors.get(name, 1.0)
             groups.append({"params": [param], "lr": rate, "base_lr": rate, "name": name})
     return groups
 
@@ -290,7 +293,8 @@ def _fit(spec: RunSpec, out_dir: str | Path, on_event: Callback | None, should_s
         progress(0, len(examples))
         with torch.no_grad():
             metrics, scoring = evaluate(backbone, prompt(), codec, task, examples,
-                                        generate=t.generate_eval and kind == "test", progress=progress)
+                                        generate=t.generate_eval and kind == "test", progress=progress,
+                                        offset=input_offset(prompt))
         # The name of the metric that picks the best checkpoint travels with it (a study's pruner reads it).
         data = {**metrics, "primary": primary_metric(task, metrics)}
         send(Event("eval" if kind == "val" else "test", step, steps, data))
@@ -321,7 +325,7 @@ def _fit(spec: RunSpec, out_dir: str | Path, on_event: Callback | None, should_s
             lr = lr_at(step, spec.lr, t.warmup_steps, steps)
             set_lr(optimizer, step, t.warmup_steps, steps, spec.lr)
             batch = collate([encoded[i] for i in idx], backbone.family, backbone.tokenizer.pad_token_id, device)
-            loss = loss_fn(backbone, prompt(), batch)
+            loss = loss_fn(backbone, prompt(), batch, input_offset(prompt))
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"the loss became {loss.item()} at step {step + 1}; lower --lr "
                                        f"(now {spec.lr}) or use --dtype float32")
@@ -363,7 +367,7 @@ def _fit(spec: RunSpec, out_dir: str | Path, on_event: Callback | None, should_s
     metrics, scoring = run_eval(test_examples, "test") if t.final_eval else ({}, {})
     emit(Event("phase", step, steps, {"phase": "writing"}))
     with torch.no_grad():
-        pooled = prompt()
+        pooled, offset = prompt(), input_offset(prompt)
     manifest = {
         "spec": spec_dict,
         "model": {"id": spec.model.name, "source": backbone.source, "family": backbone.family,
@@ -380,7 +384,7 @@ def _fit(spec: RunSpec, out_dir: str | Path, on_event: Callback | None, should_s
         "metrics": metrics,
         "scoring": scoring,
     }
-    save_artifact(out, manifest, prompt.state_dict(), init_params, pooled)
+    save_artifact(out, manifest, prompt.state_dict(), init_params, pooled, offset)
     result = FitResult(
         artifact=str(out), steps=step, trainable_params=n_params, train_seconds=round(train_seconds, 3),
         total_seconds=round(time.perf_counter() - started, 3),

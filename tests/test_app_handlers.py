@@ -17,7 +17,7 @@ from app.access import Access
 from app.settings import parse_auth
 from app.uploads import accept_upload, guess_columns, resolve_upload
 from core.errors import ConfigError, DataError
-from core.methods import LampConfig, trainable_param_counts
+from core.methods import DeptConfig, LampConfig, ResidualPtConfig, UlptConfig, trainable_param_counts
 from jobs import store
 from jobs.db import read
 from jobs.models import Status
@@ -159,6 +159,22 @@ def test_the_form_shows_only_the_knobs_a_method_has() -> None:
     assert {"rank", "pool"} <= forms.knobs_of("lamp")
     assert "rank" in forms.knobs_of("dpt") and "pool" not in forms.knobs_of("dpt")
     assert not {"rank", "pool"} & forms.knobs_of("prompt-tuning")
+    assert "bottleneck" in forms.knobs_of("residual-pt") and "rank" not in forms.knobs_of("residual-pt")
+    assert {"rank", "positions", "pair_lr"} <= forms.knobs_of("dept") and "pool" not in forms.knobs_of("dept")
+    assert "rank" in forms.knobs_of("ulpt") and "positions" not in forms.knobs_of("ulpt")
+
+
+@pytest.mark.parametrize(("method", "more", "config"), [
+    ("residual-pt", {"bottleneck": 16}, ResidualPtConfig(length=20, bottleneck=16)),
+    ("dept", {"positions": 64, "pair_lr": 0.5}, DeptConfig(length=20, rank=4, positions=64, pair_lr=0.5)),
+    ("ulpt", {}, UlptConfig(length=20, rank=4)),
+])
+def test_the_new_methods_count_from_their_own_knobs(method: str, more: dict[str, float], config: object) -> None:
+    """Each method's formula and count in the form, from the knobs it has; a job from the form gets them."""
+    text = forms.param_summary("default", method, 20, 4, 1, **more)
+    assert f"{config.trainable_params(576):,}" in text and config.formula in text  # type: ignore[attr-defined]
+    spec, _ = forms.spec_from_form(_form(method=method, length=20, rank=4, **more))
+    assert spec.method == config
 
 
 def test_parameter_count_follows_the_formulas(tiny_llama_dir: Path, access: Access) -> None:

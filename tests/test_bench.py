@@ -63,7 +63,8 @@ def test_step_table_has_every_contender_and_ratios_against_peft(run: tuple[Path,
     out, _ = run
     rows = {r["contender"]: r for r in _rows(out, "steps")}
     expected = [f"PEFT prompt tuning l={LENGTH}", f"prompt-tuning l={LENGTH}",
-                *[f"lamp l={LENGTH} r={RANK} p={p}" for p in POOLS], f"dpt l={LENGTH} r={RANK}", "floor: no prompt"]
+                *[f"lamp l={LENGTH} r={RANK} p={p}" for p in POOLS], f"dpt l={LENGTH} r={RANK}",
+                f"residual-pt l={LENGTH} m=400", f"ulpt l={LENGTH} r=2", "dept l=60 r=30 s=256", "floor: no prompt"]
     assert list(rows) == expected
     peft = rows[expected[0]]
     for row in rows.values():
@@ -128,7 +129,8 @@ def test_accuracy_over_seeds_and_budgets_at_each_methods_defaults(run: tuple[Pat
     out, _ = run
     rows = _rows(out, "accuracy")
     # Each method at its own defaults, whatever the --length and --rank of the timing sections.
-    names = ["peft-pt", "lamp l=100 r=8 p=4", "prompt-tuning l=100", "dpt l=100 r=8"]
+    names = ["peft-pt", "lamp l=100 r=8 p=4", "prompt-tuning l=100", "dpt l=100 r=8", "residual-pt l=100 m=400",
+             "ulpt l=100 r=2", "dept l=60 r=30 s=256"]
     assert [(r["budget"], r["contender"]) for r in rows] == [("-", "bare model: zero-shot"),
                                                             *[("steps", n) for n in names],
                                                             *[("time", n) for n in names[1:]]]

@@ -88,9 +88,12 @@ def test_predict_answers_with_label_scores(trained: tuple[Path, dict[str, object
 
 def test_params_json() -> None:
     proc = lamp("params", "--hidden-size", "4096", "--length", "10000", "--rank", "8", "--json")
-    # residual-pt: l*d + (d*m + m) + (m*d + d) + 2d with m = 400; ulpt: l*r + 2d
+    # residual-pt: l*d + (d*m + m) + (m*d + d) + 2d with m = 400; ulpt: l*r + 2d; dept: l*d + s*r + r*d, s = 256
     assert json.loads(proc.stdout) == {"lamp": 112_776, "prompt-tuning": 40_960_000, "dpt": 112_768,
-                                       "residual-pt": 44_249_488, "ulpt": 88_192}
+                                       "residual-pt": 44_249_488, "ulpt": 88_192, "dept": 40_994_816}
+    small = json.loads(lamp("params", "--hidden-size", "576", "--length", "20", "--rank", "4", "--json").stdout)
+    assert small == {"lamp": 2_388, "prompt-tuning": 11_520, "dpt": 2_384, "residual-pt": 474_448, "ulpt": 1_232,
+                     "dept": 14_848}
 
 
 def test_bad_settings_exit_with_a_message_not_a_traceback(tiny_llama_dir: Path) -> None:

@@ -156,7 +156,7 @@ def test_no_endpoint_opens_a_path_the_client_sent(server: Server, place: Path) -
     model_answers = set()
     for model in (place / "outside" / "model", place / "outside" / "no-model", "/etc", "../outside/model", "~/m"):
         name = str(model)
-        params = ann.predict(name, "lamp", 100, 8, 4, api_name="/params")
+        params = ann.predict(name, "lamp", 100, 8, 4, 400, 256, 1.0, api_name="/params")
         launched = _launch(ann, model=name)
         plan = ann.predict(*_study_form(name), api_name="/study_plan")
         study = ann.predict(*_study_form(name), api_name="/study_launch")

@@ -28,7 +28,7 @@ from core.train import fit, lr_at
 def _spec(model: Path, csv: Path, method: str = "lamp", **train: object) -> RunSpec:
     knobs = {"lamp": {"length": 8, "rank": 4, "pool": 2}, "prompt-tuning": {"length": 4},
              "dpt": {"length": 4, "rank": 2}, "residual-pt": {"length": 4, "bottleneck": 8},
-             "ulpt": {"length": 4, "rank": 2}}[method]
+             "ulpt": {"length": 4, "rank": 2}, "dept": {"length": 4, "rank": 2, "positions": 16}}[method]
     settings = {"steps": 6, "batch_size": 4, "eval_every": 3, "checkpoint_every": 2, "lr": 0.05, "device": "cpu",
                 "generate_eval": True, **train}
     return RunSpec(model=ModelConfig(str(model)), method=method_config(method, **knobs),
@@ -36,7 +36,7 @@ def _spec(model: Path, csv: Path, method: str = "lamp", **train: object) -> RunS
                    train=TrainConfig(**settings))  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("method", ["lamp", "prompt-tuning", "dpt", "residual-pt", "ulpt"])
+@pytest.mark.parametrize("method", ["lamp", "prompt-tuning", "dpt", "residual-pt", "ulpt", "dept"])
 @pytest.mark.parametrize("family", ["llama", "t5"])
 def test_fit_writes_a_complete_artifact(family: str, method: str, tiny_dirs: dict[str, Path], sentiment_csv: Path,
                                         tmp_path: Path) -> None:

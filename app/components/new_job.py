@@ -28,10 +28,14 @@ INFO = {
     "label_column": "the answer: label words (classification) or free text (generation)",
     "kind": "auto: classification when the label column has few distinct values",
     "strict": "refuse the file for one row with an empty input or label (off: such rows are skipped and reported)",
-    "method": "LAMP (Lan et al. 2025), vanilla prompt tuning, or DPT",
+    "method": "LAMP (Lan et al. 2025) or a baseline: vanilla prompt tuning, DPT, Residual PT, ULPT, DePT "
+              "(README, Methods)",
     "length": "l: soft-prompt tokens before pooling",
-    "rank": "r: rank kept from the SVD (LAMP) or of A·B (DPT)",
+    "rank": "r: rank kept from the SVD (LAMP), of A·B (DPT, DePT's offset), or ULPT's learned dimension",
     "pool": "p: LAMP averages blocks of p tokens; the model sees l/p",
+    "bottleneck": "m: Residual PT's hidden width (the paper's 400)",
+    "positions": "s: input tokens DePT's offset covers (DePT's 256, the default max length)",
+    "pair_lr": "DePT trains its offset A·B at this multiple of the learning rate",
     "steps": "optimizer steps",
     "batch_size": "examples per step (the paper: 16)",
     "lr": f"learning rate; empty = the measured default ({recipe_words(DEFAULT_METHOD)})",
@@ -90,6 +94,12 @@ def build(settings: ServeSettings) -> NewJobTab:
                                         elem_id="field-length")
                 c["rank"] = gr.Number(d["rank"], label="Rank", precision=0, info=INFO["rank"], elem_id="field-rank")
                 c["pool"] = gr.Number(d["pool"], label="Pool", precision=0, info=INFO["pool"], elem_id="field-pool")
+                c["bottleneck"] = gr.Number(d["bottleneck"], label="Bottleneck", precision=0, info=INFO["bottleneck"],
+                                            elem_id="field-bottleneck", visible=False)
+                c["positions"] = gr.Number(d["positions"], label="Offset positions", precision=0,
+                                           info=INFO["positions"], elem_id="field-positions", visible=False)
+                c["pair_lr"] = gr.Number(d["pair_lr"], label="Offset rate (x lr)", info=INFO["pair_lr"],
+                                         elem_id="field-pair-lr", visible=False)
             c["init_from"] = gr.Dropdown([], value=None, label="Start from job (optional)", info=INFO["init_from"],
                                          allow_custom_value=True, elem_id="field-init-from")
             params = gr.Markdown(forms.param_summary(d["model"], d["method"], d["length"], d["rank"], d["pool"]),
@@ -200,16 +210,21 @@ def build(settings: ServeSettings) -> NewJobTab:
     gr.on([c[n].change for n in note_fields], on_note, [c[n] for n in note_fields], data_note,
           show_progress="hidden", trigger_mode="always_last", concurrency_limit=2)
 
-    def on_knobs(model: str, method: str, length: Any, rank: Any, pool: Any) -> list[Any]:
+    optional = ("rank", "pool", "bottleneck", "positions", "pair_lr")  # shown for the methods that have them
+
+    def on_knobs(model: str, method: str, length: Any, rank: Any, pool: Any, bottleneck: Any, positions: Any,
+                 pair_lr: Any) -> list[Any]:
         knobs = forms.knobs_of(method)
-        return [forms.param_summary(model, method, length, rank, pool, settings.allowed_dirs),
-                gr.update(visible="rank" in knobs), gr.update(visible="pool" in knobs),
+        more = {"bottleneck": bottleneck, "positions": positions, "pair_lr": pair_lr}
+        summary = forms.param_summary(model, method, length, rank, pool, settings.allowed_dirs,
+                                      **{k: v for k, v in more.items() if k in knobs})
+        return [summary, *(gr.update(visible=name in knobs) for name in optional),
                 gr.update(info=forms.default_lr_note(method))]
 
-    knob_inputs = [c["model"], c["method"], c["length"], c["rank"], c["pool"]]
+    knob_inputs = [c["model"], c["method"], c["length"], *(c[name] for name in optional)]
     for comp in knob_inputs:
         (comp.blur if comp is c["model"] else comp.change)(
-            on_knobs, knob_inputs, [params, c["rank"], c["pool"], c["lr"]], show_progress="hidden",
+            on_knobs, knob_inputs, [params, *(c[name] for name in optional), c["lr"]], show_progress="hidden",
             api_name="params" if comp is c["model"] else None)
 
     @friendly

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from core.errors import ConfigError
+from core.methods.dept import DeptConfig, DeptPrompt
 from core.methods.dpt import DptConfig, DptPrompt
 from core.methods.lamp import LampConfig, LampPrompt
 from core.methods.prompt_tuning import PromptTuningConfig, SoftPrompt
@@ -14,17 +15,19 @@ from core.methods.residual_pt import ResidualPrompt, ResidualPtConfig
 from core.methods.ulpt import UlptConfig, UlptPrompt
 from core.vocab import sample_token_ids
 
-MethodConfig = LampConfig | PromptTuningConfig | DptConfig | ResidualPtConfig | UlptConfig
+MethodConfig = LampConfig | PromptTuningConfig | DptConfig | ResidualPtConfig | UlptConfig | DeptConfig
 METHODS: dict[str, type[MethodConfig]] = {
     "lamp": LampConfig,
     "prompt-tuning": PromptTuningConfig,
     "dpt": DptConfig,
     "residual-pt": ResidualPtConfig,
     "ulpt": UlptConfig,
+    "dept": DeptConfig,
 }
 
 __all__ = [
     "METHODS",
+    "DeptConfig",
     "DptConfig",
     "LampConfig",
     "MethodConfig",
@@ -33,6 +36,7 @@ __all__ = [
     "ResidualPtConfig",
     "UlptConfig",
     "build_prompt",
+    "input_offset",
     "method_config",
     "method_to_dict",
     "prompt_module",
@@ -68,10 +72,16 @@ def trainable_param_counts(hidden_size: int, length: int, rank: int, pool: int =
         "dpt": DptConfig(length=length, rank=rank).trainable_params(hidden_size),
         "residual-pt": ResidualPtConfig(length=length).trainable_params(hidden_size),
         "ulpt": UlptConfig(length=length, rank=rank).trainable_params(hidden_size),
+        "dept": DeptConfig(length=length, rank=rank).trainable_params(hidden_size),
     }
 
 
-PromptModule = LampPrompt | SoftPrompt | DptPrompt | ResidualPrompt | UlptPrompt
+PromptModule = LampPrompt | SoftPrompt | DptPrompt | ResidualPrompt | UlptPrompt | DeptPrompt
+
+
+def input_offset(module: PromptModule) -> torch.Tensor | None:
+    """What the method adds to the input's own token embeddings (DePT's A B, (s, d)); None for the others."""
+    return module.offset() if isinstance(module, DeptPrompt) else None
 
 
 def build_prompt(
@@ -108,6 +118,8 @@ def build_prompt(
         return LampPrompt(config, init), ids
     if isinstance(config, ResidualPtConfig):
         return ResidualPrompt(config, init, generator), ids
+    if isinstance(config, DeptConfig):
+        return DeptPrompt(config, init, generator), ids
     return SoftPrompt(config, init), ids
 
 
@@ -129,6 +141,8 @@ def _warm_prompt(config: MethodConfig, warm: torch.Tensor, embeddings: torch.Ten
         return ResidualPrompt(config, warm, generator)
     if isinstance(config, UlptConfig):
         return UlptPrompt.fitted(config, warm, *_vocab_stats(embeddings, common_ids), generator)
+    if isinstance(config, DeptConfig):  # the prompt from the source, the offset at zero as a fresh run starts it
+        return DeptPrompt(config, warm, generator)
     return SoftPrompt(config, warm)
 
 
@@ -146,6 +160,8 @@ def prompt_module(config: MethodConfig, params: dict[str, torch.Tensor]) -> Prom
     elif isinstance(config, UlptConfig):
         hidden = params["scale"].shape[0]
         module = UlptPrompt(config, torch.ones(hidden), torch.zeros(hidden), placeholder)
+    elif isinstance(config, DeptConfig):
+        module = DeptPrompt(config, torch.zeros_like(params["prompt"]), placeholder)
     else:
         module = SoftPrompt(config, params["prompt"])
     module.load_state_dict(params)

@@ -21,6 +21,8 @@ class DptConfig(UnpooledPrompt):
     """r: inner dimension of A B; 1 <= r <= min(l, hidden size)."""
 
     name: ClassVar[str] = "dpt"
+    formula: ClassVar[str] = "l·r + r·d"
+    """Its trainable parameters in the knobs' letters (d: the hidden size)."""
 
     def __post_init__(self) -> None:
         issues = length_rank_issues(self.length, self.rank)

@@ -40,6 +40,8 @@ class LampConfig:
     ("paper": C starts at U S^2 V^T)."""
 
     name: ClassVar[str] = "lamp"
+    formula: ClassVar[str] = "l·r + r + r·d"
+    """Its trainable parameters in the knobs' letters (d: the hidden size)."""
 
     def __post_init__(self) -> None:
         issues = length_rank_issues(self.length, self.rank)

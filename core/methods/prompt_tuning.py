@@ -18,6 +18,8 @@ class PromptTuningConfig(UnpooledPrompt):
     """l: soft-prompt tokens, each a free d-dimensional vector."""
 
     name: ClassVar[str] = "prompt-tuning"
+    formula: ClassVar[str] = "l·d"
+    """Its trainable parameters in the knobs' letters (d: the hidden size)."""
 
     def __post_init__(self) -> None:
         issues = length_issues(self.length)

@@ -35,6 +35,8 @@ class ResidualPtConfig(UnpooledPrompt):
     """m: the residual network's hidden width (the paper's 400)."""
 
     name: ClassVar[str] = "residual-pt"
+    formula: ClassVar[str] = "l·d + 2·d·m + m + 3·d"
+    """Its trainable parameters in the knobs' letters (d: the hidden size)."""
 
     def __post_init__(self) -> None:
         issues = length_issues(self.length)

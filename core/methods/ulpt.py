@@ -31,6 +31,8 @@ class UlptConfig(UnpooledPrompt):
     """r: the dimension Z is learned in (the paper's 2); 1 <= r <= hidden size."""
 
     name: ClassVar[str] = "ulpt"
+    formula: ClassVar[str] = "l·r + 2·d"
+    """Its trainable parameters in the knobs' letters (d: the hidden size)."""
 
     def __post_init__(self) -> None:
         issues = length_issues(self.length)

@@ -12,7 +12,8 @@ import plotly.graph_objects as go
 from jobs.studies.plan import COST_LABELS, COSTS, describe
 from jobs.studies.views import StudyView
 
-METHOD_COLORS = {"lamp": "#2563eb", "prompt-tuning": "#dc2626", "dpt": "#16a34a"}
+METHOD_COLORS = {"lamp": "#2563eb", "prompt-tuning": "#dc2626", "dpt": "#16a34a", "residual-pt": "#9333ea",
+                 "ulpt": "#0891b2", "dept": "#ea580c"}
 """One color per method, in every chart (the Compare tab's too)."""
 DEFAULT_LINK_BASE = "http://127.0.0.1:7860/"
 """Where chart points link when the dashboard's own address is not known (`lamp study show --charts`)."""
