@@ -87,7 +87,8 @@ class Bench:
         rows += [(f"lamp l={s.length} r={s.rank} p={p}", partial(self.ours, self.lamp(s.length, p)))
                  for p in s.pools]
         rows += [(f"dpt l={s.length} r={s.rank}", lambda: self.ours(DptConfig(length=s.length, rank=s.rank)))]
-        others = [ResidualPtConfig(length=s.length), UlptConfig(length=s.length), DeptConfig()]  # their own knobs
+        others: list[MethodConfig] = [ResidualPtConfig(length=s.length), UlptConfig(length=s.length),
+                                      DeptConfig()]  # DePT at its own knobs
         rows += [(contender_name(c), partial(self.ours, c)) for c in others]
         rows += [("floor: no prompt", lambda: Floor(self.backbone))]
         return rows

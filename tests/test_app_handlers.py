@@ -171,7 +171,7 @@ def test_the_form_shows_only_the_knobs_a_method_has() -> None:
 ])
 def test_the_new_methods_count_from_their_own_knobs(method: str, more: dict[str, float], config: object) -> None:
     """Each method's formula and count in the form, from the knobs it has; a job from the form gets them."""
-    text = forms.param_summary("default", method, 20, 4, 1, **more)
+    text = forms.param_summary("default", method, 20, 4, 1, (), **more)
     assert f"{config.trainable_params(576):,}" in text and config.formula in text  # type: ignore[attr-defined]
     spec, _ = forms.spec_from_form(_form(method=method, length=20, rank=4, **more))
     assert spec.method == config
