@@ -87,6 +87,21 @@ def test_a_grid_counts_distinct_valid_runs_only(base: RunSpec) -> None:
     assert plan.space["length"] == [8] and plan.space["seed"] == [base.train.seed]
 
 
+def test_every_method_sweeps_beside_lamp(base: RunSpec) -> None:
+    """The paper's comparison in one study: each method's trials get the swept length and rank where it has them
+    and its own defaults for the rest (residual-pt's bottleneck, dept's positions)."""
+    from core.methods import METHODS
+    from jobs.studies.plan import StudyPlan, check_plan, setting_spec
+
+    plan = check_plan(StudyPlan(name="all", base=base, space={"method": list(METHODS), "rank": [2]}))
+    assert plan.n_trials == len(METHODS)
+    specs = {m: setting_spec(base, {"method": m, "length": 8, "rank": 2, "pool": 1, "lr": None, "seed": 1})
+             for m in METHODS}
+    assert {m: s.method.name for m, s in specs.items()} == {m: m for m in METHODS}
+    assert getattr(specs["dept"].method, "positions") == 256 and getattr(specs["dept"].method, "rank") == 2
+    assert getattr(specs["residual-pt"].method, "bottleneck") == 400 and specs["ulpt"].method.length == 8
+
+
 @pytest.mark.parametrize(("changes", "message"), [
     ({"objectives": ("params",)}, "accuracy first"),
     ({"objectives": ("accuracy", "speed")}, "accuracy first"),
