@@ -82,6 +82,9 @@ class Inspection:
     """The manifest's `init_from`: the run this one was warm-started from (None: from the vocabulary)."""
     dense: torch.Tensor = field(repr=False)
     """C (l, d) trained, float32: for a heatmap; left out of to_json."""
+    offset_norm: float | None = None
+    """DePT: the trained input offset's mean per-position L2 norm (what it adds to each input token's embedding);
+    None for the other methods."""
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -166,6 +169,7 @@ def inspect_prompt(artifact: Artifact, table: torch.Tensor, tokenizer: Any, comm
         vocab_norms=vocab, norm_ratio=float(pooled.norm(dim=-1).mean()) / vocab["common"]["mean"],
         drift_dense=relative_distance(dense, start[0]), drift_pooled=relative_distance(pooled, start[1]),
         history=history, origin=manifest.get("init_from"), dense=dense,
+        offset_norm=None if (offset := artifact.offset()) is None else float(offset.norm(dim=-1).mean()),
     )
 
 
@@ -228,7 +232,7 @@ def _tokens(row: list[Neighbour]) -> str:
 def format_text(ins: Inspection) -> str:
     """The inspection as lines for a terminal (`lamp inspect` without --json)."""
     m = ins.method
-    knobs = " ".join(f"{k[0]}={m[k]}" for k in ("length", "rank", "pool") if k in m)
+    knobs = " ".join(f"{k[0]}={m[k]}" for k in ("length", "rank", "pool", "positions") if k in m)
     v, c = ins.vocab_norms["all"], ins.vocab_norms["common"]
     mean, mean_init = (sum(n) / len(n) for n in (ins.norms_trained, ins.norms_init))
     lines = [f"{ins.artifact}: {m['name']} {knobs} on {ins.model} (d={ins.hidden_size}), trained {ins.steps} steps, "
@@ -242,6 +246,9 @@ def format_text(ins: Inspection) -> str:
         f"vocabulary norms: all mean {v['mean']:.2f} (p5 {v['p5']:.2f}, p50 {v['p50']:.2f}, p95 {v['p95']:.2f}); "
         f"5,000 common mean {c['mean']:.2f} (p5 {c['p5']:.2f}, p50 {c['p50']:.2f}, p95 {c['p95']:.2f})",
         f"drift from init (relative Frobenius): C {ins.drift_dense:.3f}, pooled prompt {ins.drift_pooled:.3f}",
+        *([f"input offset A B: mean per-position norm {ins.offset_norm:.3f}, {ins.offset_norm / c['mean']:.2f}x the "
+           "common tokens' mean (added to the input's first token embeddings)"] if ins.offset_norm is not None
+          else []),
         "",
         f"  {'over training':>26s}  {'drift C':>7s}  {'drift pooled':>12s}  {'mean norm':>9s}"
         + ("  Q" if ins.history[0].q is not None else ""),

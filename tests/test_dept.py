@@ -228,6 +228,11 @@ def test_artifact_keeps_the_offset_and_predict_reads_it(trained: Path) -> None:
     module = cast(DeptPrompt, prompt_module(artifact.method, artifact.params()))
     assert offset is not None and offset.shape == (8, 32) and offset.abs().max() > 0  # B moved off zero
     assert_close(offset, module.offset().detach())
+    from core.inspection import format_text, inspect_artifact
+
+    inspection = inspect_artifact(trained)  # lamp inspect says how large the offset grew
+    assert inspection.offset_norm == pytest.approx(float(offset.norm(dim=-1).mean()))
+    assert "input offset A B: mean per-position norm" in format_text(inspection)
     predictor = Predictor.load(trained, device="cpu")
     sources = ["review: i loved it", "review: a dull film"]
     got = predictor.predict(sources, max_new_tokens=3)

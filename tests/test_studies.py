@@ -90,7 +90,7 @@ def test_a_grid_counts_distinct_valid_runs_only(base: RunSpec) -> None:
 def test_every_method_sweeps_beside_lamp(base: RunSpec) -> None:
     """The paper's comparison in one study: each method's trials get the swept length and rank where it has them
     and its own defaults for the rest (residual-pt's bottleneck, dept's positions)."""
-    from core.methods import METHODS
+    from core.methods import METHODS, DeptConfig, ResidualPtConfig
     from jobs.studies.plan import StudyPlan, check_plan, setting_spec
 
     plan = check_plan(StudyPlan(name="all", base=base, space={"method": list(METHODS), "rank": [2]}))
@@ -98,8 +98,9 @@ def test_every_method_sweeps_beside_lamp(base: RunSpec) -> None:
     specs = {m: setting_spec(base, {"method": m, "length": 8, "rank": 2, "pool": 1, "lr": None, "seed": 1})
              for m in METHODS}
     assert {m: s.method.name for m, s in specs.items()} == {m: m for m in METHODS}
-    assert getattr(specs["dept"].method, "positions") == 256 and getattr(specs["dept"].method, "rank") == 2
-    assert getattr(specs["residual-pt"].method, "bottleneck") == 400 and specs["ulpt"].method.length == 8
+    dept, residual = specs["dept"].method, specs["residual-pt"].method
+    assert isinstance(dept, DeptConfig) and (dept.positions, dept.rank) == (256, 2)
+    assert isinstance(residual, ResidualPtConfig) and residual.bottleneck == 400 and specs["ulpt"].method.length == 8
 
 
 @pytest.mark.parametrize(("changes", "message"), [
