@@ -1,0 +1,160 @@
+"""A decoder-only forward over [prompt][row] for every row of a batch, with the prompt and the rows' tokens packed
+into one sequence: every linear layer runs once over n + N tokens (the prompt's n once, the rows' N real tokens, no
+padding), and only attention sees the rows apart.
+
+    packed sequence:  [prompt (n)][row 0's tokens][row 1's tokens] ...        positions 0..n-1, then n + t in row
+    attention:        the prompt causally over itself; each row over the prompt's keys and values, then causally
+                      over its own tokens: batched (B, heads, S, n + S), as the shared key/value cache lays it out
+
+It computes what running [prompt][row] for every row computes (tested to float tolerance, loss and gradients),
+and what core.scoring.shared_prompt_cache's route computes, without that route's second pass: there the prompt ran
+through the model on its own, at batch 1, forward and backward, streaming every weight again for n tokens. Packing
+also drops the rows' padding from every layer but attention; a prompt of no tokens (the bare model, the benchmark's
+floor) packs the same way.
+
+The attention runs through transformers' attention interface: while a packed call is in flight the model's
+configuration names PACKED, whose function reads the call's Pack from its keyword arguments; any other call that
+reaches it in that time (another thread on the same backbone) has no Pack and gets the plain SDPA attention and SDPA
+masks, exactly as under "sdpa".
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from core.backbone import Backbone
+from core.batching import Batch, embed_inputs
+
+PACKED = "lamp_packed"
+_SWITCH = threading.Lock()
+_IN_FLIGHT: dict[int, int] = {}  # id(config) -> packed calls running on it
+
+
+@dataclass(frozen=True)
+class Pack:
+    """Where a batch's rows sit in the packed sequence, and what their queries see."""
+
+    n: int
+    """The prompt's tokens, first in the sequence."""
+    valid: torch.Tensor
+    """(B, S) bool: the rows' real tokens (their attention mask)."""
+    index: torch.Tensor
+    """(B, S) long: each row position's place in the packed sequence (a padding position points at a real token of
+    its row; its output is never read)."""
+    mask: torch.Tensor
+    """(B, 1, S, n + S) bool: each row's queries see the prompt, then their row's tokens up to themselves."""
+
+
+def can_pack(backbone: Backbone, prompt: torch.Tensor, rows: int) -> bool:
+    """Decoder-only on the CPU, one prompt shared by every row, two rows or more, and a model whose attention is
+    the plain SDPA over all positions (no sliding windows: their layers see only part of the sequence)."""
+    config = backbone.model.config
+    layers = getattr(config, "layer_types", None) or []
+    return (backbone.family == "causal" and backbone.device.type == "cpu" and prompt.dim() == 2 and rows >= 2
+            and getattr(config, "_attn_implementation", None) == "sdpa"
+            and getattr(config, "sliding_window", None) is None and "sliding_attention" not in layers)
+
+
+def pack_rows(batch: Batch, n: int) -> Pack:
+    valid = batch.attention_mask.bool()  # (B, S)
+    t = batch.attention_mask.cumsum(dim=1) - 1  # (B, S): each token's place in its row
+    counts = valid.sum(dim=1)
+    starts = n + counts.cumsum(dim=0) - counts  # (B,): where each row's tokens begin
+    total = n + int(counts.sum())
+    index = (starts[:, None] + t.clamp(min=0)).clamp(max=total - 1)
+    width = valid.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=valid.device).tril()  # key column <= query column
+    own = (causal[None] & valid[:, None, :]) | torch.eye(width, dtype=torch.bool, device=valid.device)[None]
+    see_prompt = torch.ones(valid.shape[0], width, n, dtype=torch.bool, device=valid.device)
+    return Pack(n, valid, index, torch.cat([see_prompt, own], dim=2)[:, None])  # a padding query sees itself
+
+
+def packed_hidden(backbone: Backbone, prompt: torch.Tensor, batch: Batch, offset: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    """The last hidden states of the batch's own positions, the prompt before every row (core.scoring.causal_hidden's
+    contract): (B, S, d); padding positions hold some real token's state."""
+    embeds = embed_inputs(backbone, batch, offset)  # (B, S, d)
+    n = int(prompt.shape[0])
+    pack = pack_rows(batch, n)
+    x = torch.cat([prompt.to(embeds.dtype), embeds[pack.valid]])[None]  # (1, n + N, d): the rows one after another
+    t = batch.attention_mask.cumsum(dim=1) - 1
+    positions = torch.cat([torch.arange(n, device=t.device), (t + n)[pack.valid]])[None]  # (1, n + N)
+    config = backbone.model.config
+    with _packed(config):
+        out = backbone.model.base_model(inputs_embeds=x, position_ids=positions, use_cache=False, lamp_pack=pack)
+    return out.last_hidden_state[0][pack.index]  # (B, S, d)
+
+
+class _packed:
+    """The model's attention is PACKED while at least one packed call runs on it, then what it was ("sdpa")."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def __enter__(self) -> None:
+        with _SWITCH:
+            _register()
+            key = id(self.config)
+            _IN_FLIGHT[key] = _IN_FLIGHT.get(key, 0) + 1
+            self.config._attn_implementation = PACKED
+
+    def __exit__(self, *exc: object) -> None:
+        with _SWITCH:
+            key = id(self.config)
+            _IN_FLIGHT[key] -= 1
+            if not _IN_FLIGHT[key]:
+                del _IN_FLIGHT[key]
+                self.config._attn_implementation = "sdpa"
+
+
+def _repeat_kv(x: torch.Tensor, times: int) -> torch.Tensor:
+    """(B, kv heads, L, hd) -> (B, kv heads * times, L, hd), each key/value head serving `times` query heads."""
+    return x if times == 1 else x.repeat_interleave(times, dim=1)
+
+
+def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                     lamp_pack: Pack | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers' attention interface over a packed sequence: query (1, heads, T, hd), key and value
+    (1, kv heads, T, hd); returns (1, T, heads, hd). Without a Pack: the plain SDPA attention."""
+    if lamp_pack is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    n, index = lamp_pack.n, lamp_pack.index
+    heads, times = query.shape[1], query.shape[1] // key.shape[1]
+    q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # (T, heads, hd), (T, kv heads, hd) x 2
+    rows = index.shape[0]
+    qr = q[index].transpose(1, 2)  # (B, heads, S, hd)
+    kr = torch.cat([key[:, :, :n].expand(rows, -1, -1, -1), k[index].transpose(1, 2)], dim=2)  # (B, kv, n + S, hd)
+    vr = torch.cat([value[:, :, :n].expand(rows, -1, -1, -1), v[index].transpose(1, 2)], dim=2)
+    out = F.scaled_dot_product_attention(qr, _repeat_kv(kr, times), _repeat_kv(vr, times), attn_mask=lamp_pack.mask,
+                                         scale=scaling)  # (B, heads, S, hd)
+    tokens = out.transpose(1, 2)[lamp_pack.valid]  # (N, heads, hd): the rows' tokens in packed order
+    if n:
+        prompt = F.scaled_dot_product_attention(query[:, :, :n], _repeat_kv(key[:, :, :n], times),
+                                                _repeat_kv(value[:, :, :n], times), is_causal=True, scale=scaling)
+        tokens = torch.cat([prompt[0].transpose(0, 1), tokens])  # (T, heads, hd)
+    assert tokens.shape[1] == heads
+    return tokens[None], None
+
+
+_REGISTERED: list[bool] = []
+
+
+def _register() -> None:
+    """PACKED in transformers' attention and mask interfaces (once per process)."""
+    if _REGISTERED:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(PACKED, packed_attention)
+    AttentionMaskInterface.register(PACKED, sdpa_mask)
+    _REGISTERED.append(True)

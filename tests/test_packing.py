@@ -1,0 +1,95 @@
+"""The packed forward (core.packing): the prompt and the rows' tokens in one sequence give the loss, the gradients
+and the scores of running [prompt][row] for every row, and leave the model as it was."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from core import packing, scoring
+from core.backbone import Backbone, load_backbone
+from core.batching import Codec, collate, prompted_inputs
+from core.spec import ModelConfig
+
+TEXTS = ["a short one", "a somewhat longer input sentence with more words in it", "mid text", "x"]
+ANSWERS = ["positive", "negative", "positive", "no thanks"]
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def backbone(request: pytest.FixtureRequest) -> Backbone:
+    return load_backbone(ModelConfig(str(request.getfixturevalue(f"tiny_{request.param}_dir"))), torch.device("cpu"))
+
+
+def _loss_and_grads(backbone: Backbone, tokens: int) -> tuple[float, torch.Tensor, torch.Tensor]:
+    codec = Codec.for_backbone(backbone)
+    batch = collate([codec.encode(t, a) for t, a in zip(TEXTS, ANSWERS, strict=True)], "causal",
+                    backbone.tokenizer.pad_token_id, backbone.device)
+    g = torch.Generator().manual_seed(0)
+    prompt = (torch.randn(tokens, backbone.hidden_size, generator=g) * 0.5).requires_grad_(True)
+    offset = (torch.randn(6, backbone.hidden_size, generator=g) * 0.3).requires_grad_(True)
+    loss = scoring.loss_fn(backbone, prompt, batch, offset)
+    loss.backward()
+    assert prompt.grad is not None and offset.grad is not None
+    return loss.item(), prompt.grad, offset.grad
+
+
+@pytest.mark.parametrize("tokens", [5, 0], ids=["prompt", "no-prompt"])
+def test_packed_loss_and_gradients_equal_every_row_with_its_prompt(backbone: Backbone, tokens: int,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[bool] = []
+    real = packing.packed_attention
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(kwargs.get("lamp_pack") is not None)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(packing, "packed_attention", counted)
+    monkeypatch.setattr(packing, "_REGISTERED", [])  # registered again, with the counting function (which
+    # delegates to the real one, so it may stay registered)
+    packed = _loss_and_grads(backbone, tokens)
+    assert calls and all(calls)  # every layer's attention ran packed
+    monkeypatch.setattr(scoring, "can_pack", lambda *args: False)
+    monkeypatch.setattr(scoring, "shared_prompt_cache", lambda *args: None)
+    plain = _loss_and_grads(backbone, tokens)
+    assert packed[0] == pytest.approx(plain[0], rel=1e-5)
+    assert_close(packed[1], plain[1], rtol=1e-4, atol=1e-6)
+    assert_close(packed[2], plain[2], rtol=1e-4, atol=1e-6)
+    assert backbone.model.config._attn_implementation == "sdpa"  # the model is left as it was
+
+
+def test_packed_ranking_equals_the_plain_route(backbone: Backbone, monkeypatch: pytest.MonkeyPatch) -> None:
+    codec = Codec.for_backbone(backbone)
+    prompt = torch.randn(7, backbone.hidden_size, generator=torch.Generator().manual_seed(1)) * 0.5
+    words = [["negative", "positive"]] * len(TEXTS), [["no", "yes please"]] * len(TEXTS)
+    packed = [scoring.rank_candidates(backbone, prompt, codec, TEXTS, w) for w in words]
+    monkeypatch.setattr(scoring, "can_pack", lambda *args: False)
+    monkeypatch.setattr(scoring, "shared_prompt_cache", lambda *args: None)
+    for got, w in zip(packed, words, strict=True):
+        assert_close(torch.tensor(got), torch.tensor(scoring.rank_candidates(backbone, prompt, codec, TEXTS, w)),
+                     rtol=1e-4, atol=1e-4)
+
+
+def test_a_call_without_a_pack_meanwhile_gets_plain_attention(backbone: Backbone) -> None:
+    """Another thread on the same backbone while a packed call runs: its padded batch is answered as under sdpa."""
+    codec = Codec.for_backbone(backbone)
+    batch = collate([codec.encode(t, a) for t, a in zip(TEXTS, ANSWERS, strict=True)], "causal",
+                    backbone.tokenizer.pad_token_id, backbone.device)
+    prompt = torch.randn(3, backbone.hidden_size, generator=torch.Generator().manual_seed(2))
+    embeds, mask = prompted_inputs(backbone, prompt, batch)
+    with torch.no_grad():
+        want = backbone.model.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        with packing._packed(backbone.model.config):
+            assert backbone.model.config._attn_implementation == packing.PACKED
+            got = backbone.model.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+    assert_close(got, want)
+    assert backbone.model.config._attn_implementation == "sdpa"
+
+
+def test_only_plain_full_attention_models_pack(backbone: Backbone, monkeypatch: pytest.MonkeyPatch) -> None:
+    prompt = torch.zeros(4, backbone.hidden_size)
+    assert packing.can_pack(backbone, prompt, 2)
+    assert not packing.can_pack(backbone, prompt, 1)  # one row: [prompt][row] has nothing to share
+    assert not packing.can_pack(backbone, prompt[None].expand(2, -1, -1), 2)  # a prompt per row
+    monkeypatch.setattr(backbone.model.config, "sliding_window", 4, raising=False)
+    assert not packing.can_pack(backbone, prompt, 2)  # a layer that sees part of the sequence
