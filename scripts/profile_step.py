@@ -1,14 +1,17 @@
 """Where a training step's time goes: LAMP (l=100 r=8 p=4) against the floor (the frozen model, no prompt, backward
 to the input embeddings), phase by phase, on the benchmark's first batch of Rotten Tomatoes.
 
-Phases of a LAMP step on the CPU route (core.scoring.causal_hidden): the prompt module builds P' (SVD factors,
-compressed outer product, pooling); P' runs through the model once (batch 1) into a key/value cache expanded to the
-batch; the rows run with that cache, then the LM head at the label positions and the loss; the backward pass (into
-the rows, through the cache into the prompt's pass, into U, Q, V); clipping and AdamW. The floor has the rows'
-forward and backward only. Each phase is timed on its own (torch on 2 threads), median of --repeats steps after
---warmup; the sum is checked against whole steps timed the way the benchmark times them.
+Phases of a LAMP step on the CPU (core.scoring.causal_hidden), on either route:
+- `--route packed` (the default, core.packing): the prompt module builds P' (SVD factors, compressed outer product,
+  pooling); P' and the rows' real tokens run through the model as one packed sequence, then the LM head at the
+  label positions and the loss; the backward pass; clipping and AdamW. The floor packs the rows alone.
+- `--route cache` (the route before packing): P' runs through the model once (batch 1) into a key/value cache
+  expanded to the batch; the rows run, padded, with that cache; the floor runs the padded rows.
+Each phase is timed on its own (torch on 2 threads), median of --repeats steps after --warmup; whole steps are timed
+the way the benchmark times them. `--batch first` is the benchmark's batch (the first 16 training examples, as
+they come: much padding); `--batch bucketed` the training loop's first batch (sorted by length within windows).
 
-    LAMP_HOME=... .venv/bin/python scripts/profile_step.py [--repeats 7] [--threads 2] [--batch-size 16]
+    LAMP_HOME=... .venv/bin/python scripts/profile_step.py [--route packed|cache] [--batch first|bucketed]
 """
 
 from __future__ import annotations
@@ -31,13 +34,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--model", default="default")
+    parser.add_argument("--route", choices=["packed", "cache"], default="packed")
+    parser.add_argument("--batch", choices=["first", "bucketed"], default="first")
     a = parser.parse_args()
     torch.set_num_threads(a.threads)
 
+    import random
+
+    from core import scoring
     from core.backbone import load_backbone
-    from core.batching import Codec, collate
+    from core.batching import Codec, collate, length_bucketed_order
     from core.methods import LampConfig, build_prompt
-    from core.scoring import _prompt_mask, loss_fn, shared_prompt_cache
+    from core.scoring import _prompt_mask, causal_hidden, loss_fn, shared_prompt_cache
     from core.spec import DataConfig, ModelConfig
     from core.tasks import load_builtin_task
     from core.train import optimizer_step
@@ -46,7 +54,14 @@ def main() -> None:
     backbone = load_backbone(ModelConfig(a.model), torch.device("cpu"))
     task = load_builtin_task("rotten_tomatoes", seed=DataConfig().split_seed)
     codec = Codec.for_backbone(backbone, task.answer_cue, 256)
-    items = codec.encode_many([(e.source, e.target) for e in task.train[: a.batch_size]])
+    if a.batch == "first":
+        items = codec.encode_many([(e.source, e.target) for e in task.train[: a.batch_size]])
+    else:
+        every = codec.encode_many([(e.source, e.target) for e in task.train])
+        order = length_bucketed_order([len(e.source) + len(e.target) for e in every], a.batch_size, random.Random(1))
+        items = [every[i] for i in order[0]]
+    if a.route == "cache":
+        scoring.can_pack = lambda *args: False
     batch = collate(items, backbone.family, backbone.tokenizer.pad_token_id, backbone.device)
     table = backbone.embedding_table()
     module, _ = build_prompt(LampConfig(length=100, rank=8, pool=4), table, common_token_ids(backbone.tokenizer),
@@ -72,6 +87,12 @@ def main() -> None:
         out: dict[str, float] = {}
         optimizer.zero_grad(set_to_none=True)
         out["prompt module: P' from U, Q, V"], prompt = timed(module)
+        if a.route == "packed":
+            out["forward: prompt and rows packed, LM head, loss"], loss = timed(
+                lambda: rows_loss(causal_hidden(backbone, prompt, batch)))
+            out["backward (rows, prompt, U Q V)"], _ = timed(loss.backward)
+            out["clip + AdamW"], _ = timed(update)
+            return out
         out["prompt's own pass (batch 1) into the cache"], cache = timed(
             lambda: shared_prompt_cache(backbone, prompt, batch.size))
 
@@ -84,16 +105,20 @@ def main() -> None:
 
         out["rows' forward (attending to the cache), LM head, loss"], loss = timed(forward)
         out["backward (rows, cache, prompt pass, U Q V)"], _ = timed(loss.backward)
-
-        def update() -> None:
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-
         out["clip + AdamW"], _ = timed(update)
         return out
 
+    def update() -> None:
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+
     def floor_phases() -> dict[str, float]:
         out: dict[str, float] = {}
+        if a.route == "packed":
+            out["forward: prompt and rows packed, LM head, loss"], loss = timed(
+                lambda: rows_loss(causal_hidden(backbone, empty, batch)))
+            out["backward (rows, prompt, U Q V)"], _ = timed(loss.backward)
+            return out
 
         def forward() -> torch.Tensor:
             embeds = backbone.input_embeddings(batch.input_ids)
@@ -128,7 +153,8 @@ def main() -> None:
         floor_s = statistics.median(r[name] for r in runs["floor"]) if name in runs["floor"][0] else 0.0
         rows.append({"phase": name, "lamp_s": round(lamp_s, 4), "floor_s": round(floor_s, 4),
                      "extra_s": round(lamp_s - floor_s, 4)})
-    result = {"batch": a.batch_size, "width": int(batch.input_ids.shape[1]), "threads": a.threads,
+    result = {"route": a.route, "batch_kind": a.batch, "batch": a.batch_size, "width": int(batch.input_ids.shape[1]),
+              "tokens": int(batch.attention_mask.sum()), "threads": a.threads,
               "repeats": a.repeats, "phases": rows,
               "whole_step_s": {k: round(statistics.median(v), 4) for k, v in wholes.items()},
               "lamp_x_floor": round(statistics.median(wholes["lamp"]) / statistics.median(wholes["floor"]), 3)}
