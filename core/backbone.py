@@ -96,6 +96,25 @@ class Backbone:
         return table * float(scale) if scale is not None else table
 
 
+@lru_cache(maxsize=1)
+def _cache_field() -> str:
+    """The name transformers gives a forward's key/value cache, argument and output: `cache` from the 5.x release
+    that renamed it, `past_key_values` before (the old name still works there, with a deprecation warning)."""
+    from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    return "cache" if "cache" in getattr(BaseModelOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
+
+
+def cache_arg(cache: Any) -> dict[str, Any]:
+    """A model call's keyword for a key/value cache, under this transformers' name for it."""
+    return {_cache_field(): cache}
+
+
+def returned_cache(out: Any) -> Any:
+    """The key/value cache a model call with use_cache=True returned."""
+    return getattr(out, _cache_field())
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

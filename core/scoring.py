@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from core.backbone import Backbone
+from core.backbone import Backbone, cache_arg, returned_cache
 from core.batching import Batch, Codec, Encoded, collate, embed_inputs, eval_batches, prompted_inputs
 from core.packing import can_pack, packed_hidden
 
@@ -57,7 +57,7 @@ def causal_hidden(backbone: Backbone, prompt: torch.Tensor, batch: Batch, offset
     if cache is not None:
         embeds = embed_inputs(backbone, batch, offset)  # (B, S, d)
         mask = _prompt_mask(prompt.shape[0], batch.attention_mask)  # (B, n + S)
-        return model(inputs_embeds=embeds, attention_mask=mask, past_key_values=cache, use_cache=True).last_hidden_state
+        return model(inputs_embeds=embeds, attention_mask=mask, **cache_arg(cache), use_cache=True).last_hidden_state
     embeds, mask = prompted_inputs(backbone, prompt, batch, offset)
     hidden = model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
     return hidden[:, prompt.shape[-2]:]  # (B, S, d): the prompt positions dropped
@@ -74,7 +74,7 @@ def shared_prompt_cache(backbone: Backbone, prompt: torch.Tensor, rows: int) -> 
         return None
     from transformers.cache_utils import DynamicCache, DynamicLayer
 
-    cache = backbone.model.base_model(inputs_embeds=prompt.to(backbone.dtype)[None], use_cache=True).past_key_values
+    cache = returned_cache(backbone.model.base_model(inputs_embeds=prompt.to(backbone.dtype)[None], use_cache=True))
     layers = getattr(cache, "layers", None)
     if type(cache) is not DynamicCache or not layers or any(type(layer) is not DynamicLayer for layer in layers):
         return None
@@ -295,7 +295,7 @@ def _generate_causal(
     else:  # the prompt's keys and values are already in the cache: only the rows' own positions run
         embeds, mask = embed_inputs(backbone, batch, offset), _prompt_mask(prompt.shape[0], batch.attention_mask)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, prompt.shape[0]:]  # (B, S)
-    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=cache,
+    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, **cache_arg(cache),
                 use_cache=True, logits_to_keep=1)
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V): the answer's first-token distribution
     return greedy_continue(backbone, out, mask, positions, new), first
@@ -356,5 +356,5 @@ def continue_ids(backbone: Backbone, out: Any, mask: torch.Tensor, positions: to
         mask = torch.cat([mask, torch.ones(rows, 1, dtype=mask.dtype, device=device)], dim=1)
         positions = positions[:, -1:] + 1
         out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions,
-                    past_key_values=out.past_key_values, use_cache=True)
+                    **cache_arg(returned_cache(out)), use_cache=True)
     return result

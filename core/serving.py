@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from core.backbone import Backbone
+from core.backbone import Backbone, cache_arg, returned_cache
 from core.batching import Batch, Codec, Encoded, collate, embed_inputs, eval_batches
 from core.scoring import answer_tokens, continue_ids, left_padded, one_token_each, source_budget
 
@@ -149,8 +149,8 @@ def prompt_layer_kv(backbone: Backbone, prompt: torch.Tensor) -> LayerKV | None:
     model's cache is not the plain dynamic one (sliding windows, hybrids)."""
     from transformers.cache_utils import DynamicCache, DynamicLayer
 
-    cache = backbone.model.base_model(inputs_embeds=prompt.to(backbone.device, backbone.dtype)[None],
-                                      use_cache=True).past_key_values
+    cache = returned_cache(backbone.model.base_model(inputs_embeds=prompt.to(backbone.device, backbone.dtype)[None],
+                                                     use_cache=True))
     layers = getattr(cache, "layers", None)
     if type(cache) is not DynamicCache or not layers or any(type(x) is not DynamicLayer for x in layers):
         return None
@@ -222,7 +222,7 @@ def _hidden(backbone: Backbone, prompts: PromptTable, lanes: torch.Tensor, batch
     """Decoder-only: the last hidden states of the batch's own columns. (B, S, d)"""
     x = _causal_inputs(backbone, prompts, lanes, batch)
     out = backbone.model.base_model(inputs_embeds=x.embeds, attention_mask=x.mask, position_ids=x.positions,
-                                    past_key_values=x.cache, use_cache=x.cache is not None)
+                                    **cache_arg(x.cache), use_cache=x.cache is not None)
     return out.last_hidden_state[:, -batch.input_ids.shape[1]:]
 
 
@@ -337,7 +337,7 @@ def generate_mixed_ids(backbone: Backbone, lanes: Sequence[Lane], queries: Seque
         else:
             x = _causal_inputs(backbone, prompts, lane_ids, left_padded(backbone, [encoded[i] for i in idx]))
             prefill = backbone.model(inputs_embeds=x.embeds, attention_mask=x.mask, position_ids=x.positions,
-                                     past_key_values=x.cache, use_cache=True, logits_to_keep=1)
+                                     **cache_arg(x.cache), use_cache=True, logits_to_keep=1)
             rows = continue_ids(backbone, prefill, x.mask, x.positions, max_new_tokens,
                                 limits=[limits[i] for i in idx] if limits is not None else None,
                                 temperatures=[temperatures[i] for i in idx] if temperatures is not None else None,

@@ -42,7 +42,7 @@ def main() -> None:
     import random
 
     from core import scoring
-    from core.backbone import load_backbone
+    from core.backbone import cache_arg, load_backbone
     from core.batching import Codec, collate, length_bucketed_order
     from core.methods import LampConfig, build_prompt
     from core.scoring import _prompt_mask, causal_hidden, loss_fn, shared_prompt_cache
@@ -99,7 +99,7 @@ def main() -> None:
         def forward() -> torch.Tensor:
             embeds = backbone.input_embeddings(batch.input_ids)
             mask = _prompt_mask(prompt.shape[0], batch.attention_mask)
-            hidden = model(inputs_embeds=embeds, attention_mask=mask, past_key_values=cache,
+            hidden = model(inputs_embeds=embeds, attention_mask=mask, **cache_arg(cache),
                            use_cache=True).last_hidden_state
             return rows_loss(hidden)
 

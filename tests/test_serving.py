@@ -182,3 +182,21 @@ def test_lamp_predict_with_several_artifacts(artifacts: list[Path], tmp_path: Pa
     single = [json.loads(line) for line in _predict("--artifact", str(artifacts[0]), "--text", "great film", "--json")]
     assert single[0]["answer"] == batched[0]["answers"][0]["answer"] and set(single[0]) == {
         "input", "answer", "generated", "scores"}  # one artifact: the output it always had
+
+
+def test_cached_routes_use_this_transformers_cache_name(backbone: Backbone, caplog: pytest.LogCaptureFixture) -> None:
+    """The cache goes by the name this transformers gives it (`cache` since the rename): no deprecation warning on
+    the cached ranking, mixed generation and greedy decoding, which pass a cache and read one back."""
+    import logging as std_logging
+
+    from transformers.utils import logging
+
+    std_logging.Logger.warning_once.cache_clear()  # type: ignore[attr-defined]  # warn again if anything does
+    logging.enable_propagation()
+    lanes = _lanes(backbone)
+    with caplog.at_level(std_logging.WARNING, logger="transformers"):
+        rank_mixed(backbone, lanes, _queries(lanes), batch_size=6, kv_cache=serving.PromptKV())
+        generate_mixed(backbone, lanes, [Query(k, TEXTS[0]) for k in range(len(lanes))], max_new_tokens=3)
+        generate(backbone, lanes[0].prompt, lanes[0].codec, TEXTS[:2], max_new_tokens=3)
+    logging.disable_propagation()
+    assert not [r for r in caplog.records if "deprecated" in r.getMessage()]
