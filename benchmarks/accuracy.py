@@ -143,7 +143,8 @@ def accuracy_section(bench: Bench) -> list[Row]:
     s = bench.s
     protocol = AccuracyProtocol(bench)
     seeds = [s.seed + i for i in range(s.seeds)]
-    names = [PEFT, *(contender_name(c) for c in method_defaults())]
+    names = [n for n in (PEFT, *(contender_name(c) for c in method_defaults()))
+             if not s.accuracy_methods or n.split()[0] in s.accuracy_methods]
     bench.log(f"accuracy: {s.task}, {len(protocol.test)} test examples ranked, seeds {seeds}, budgets "
               f"{list(s.budgets)}, {s.accuracy_steps} steps of batch {s.accuracy_batch_size}")
     bare = protocol.score(None, protocol.test)
@@ -175,6 +176,8 @@ def _steps_for(budget: str, name: str, runs: dict[tuple[str, str], list[Run]], d
         return default_steps
     step_s = {n: statistics.median(r.step_s for r in rs)
               for (b, n), rs in runs.items() if b == "steps" and n != PEFT}
+    if not step_s:  # PEFT alone: the outside reference sets no budget
+        return default_steps
     return max(1, math.floor(max(step_s.values()) * default_steps / step_s[name]))
 
 

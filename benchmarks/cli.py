@@ -50,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budgets", type=_words, default=None,
                    help="accuracy budgets: steps (the default steps each), time (the slowest one's training time "
                         "each); default steps,time")
+    p.add_argument("--accuracy-methods", type=_words, default=None,
+                   help="accuracy contenders by method, e.g. peft-pt,lamp (default: every method and PEFT)")
     p.add_argument("--accuracy-batch-size", type=int, default=None, help=f"default {d.accuracy_batch_size}")
     p.add_argument("--accuracy-train-examples", type=int, default=None,
                    help="cap on training examples tokenised for the accuracy runs (default: all)")

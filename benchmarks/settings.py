@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from core.errors import ConfigError
-from core.methods import LampConfig
+from core.methods import METHODS, LampConfig
 from core.spec import DEFAULT_STEPS, RECIPES, DataConfig, ModelConfig, TrainConfig
 from core.tasks import BUILTIN_TASKS
 
@@ -56,6 +56,9 @@ class BenchSettings:
     seeds: int = 3
     """Accuracy runs per contender and budget (seeds `seed`, `seed` + 1, ...): mean, spread and a 95% interval."""
     budgets: tuple[str, ...] = BUDGETS
+    accuracy_methods: tuple[str, ...] = ()
+    """The accuracy section's contenders by method name (`peft-pt` and core.methods.METHODS' names); empty: all of
+    them. The bare model is always scored; the `time` budget comes from the slowest method that runs."""
     """`steps`: every contender trains the default steps; `time`: the training time the slowest needed for them."""
     lr: float = RECIPES["lamp"].lr
     """AdamW learning rate for every method in the accuracy runs (our measured default)."""
@@ -111,6 +114,10 @@ def validate(s: BenchSettings) -> None:
     bad_budgets = [b for b in s.budgets if b not in BUDGETS] or ([] if s.budgets else ["(none)"])
     if bad_budgets:
         issues.append(f"budgets {bad_budgets}: choose from {', '.join(BUDGETS)}")
+    known_methods = ("peft-pt", *METHODS)
+    unknown_methods = [m for m in s.accuracy_methods if m not in known_methods]
+    if unknown_methods:
+        issues.append(f"accuracy methods {unknown_methods}: choose from {', '.join(known_methods)}")
     if s.warmup < 0:
         issues.append(f"warmup={s.warmup}: must be >= 0")
     if s.threads is not None and s.threads < 1:

@@ -199,11 +199,29 @@ def test_markdown_and_csv_carry_the_same_rows(run: tuple[Path, dict[str, Any]]) 
 
 def test_settings_name_every_bad_value() -> None:
     with pytest.raises(ConfigError) as exc:
-        make_settings(pools=(3,), growth_lengths=(10,), repeats=0, sections=("speed",))
+        make_settings(pools=(3,), growth_lengths=(10,), repeats=0, sections=("speed",), accuracy_methods=("peft",))
     text = str(exc.value)
     assert "pools [3]" in text and "growth lengths [10]" in text and "repeats=0" in text and "speed" in text
+    assert "accuracy methods ['peft']" in text and "peft-pt, lamp" in text
     quick = make_settings(quick=True, repeats=5)
     assert quick.repeats == 5 and quick.batch_size == 8  # explicit flags win over the quick preset
+
+
+def test_accuracy_methods_pick_the_contenders(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """`--accuracy-methods peft-pt,dpt`: the bare model, PEFT's runs and DPT's (its `time` budget from itself)."""
+    flags = ["--device", "cpu", "--threads", "1", "--length", "8", "--rank", "2", "--pools", "4", "--default-pool", "4",
+             "--accuracy-steps", "2", "--accuracy-batch-size", "4", "--accuracy-train-examples", "16",
+             "--eval-examples", "4", "--seeds", "1", "--budgets", "steps,time", "--sections", "accuracy",
+             "--accuracy-methods", "peft-pt,dpt"]
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["--model", str(tiny_llama_dir), *flags, "--out", str(tmp_path)]) == 0
+    rows = _rows(tmp_path, "accuracy")
+    assert sorted((r["method"], r["budget"]) for r in rows) == [("dpt", "steps"), ("dpt", "time"), ("floor", "-"),
+                                                                 ("peft-pt", "steps")]
+    assert {r["contender"].split()[0] for r in rows if r["method"] == "dpt"} == {"dpt"}
 
 
 def test_lamp_bench_is_a_plugin_command() -> None:
