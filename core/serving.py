@@ -135,6 +135,10 @@ class PromptTable:
         from transformers.cache_utils import DynamicCache
 
         start = self.kv[0][0].shape[2] - width
+        if self.kv[0][0].shape[0] == 1:  # one lane: every row reads the same keys and values, a view each
+            rows = int(lanes.shape[0])
+            return DynamicCache([(k[:, :, start:].expand(rows, -1, -1, -1), v[:, :, start:].expand(rows, -1, -1, -1))
+                                 for k, v in self.kv])
         return DynamicCache([(k[lanes, :, start:], v[lanes, :, start:]) for k, v in self.kv])
 
 
@@ -166,18 +170,15 @@ def _prompt_keys_values(backbone: Backbone, lanes: Sequence[Lane], width: int, k
     if not use_prompt_cache(backbone) or width == 0:
         return None
     out: list[tuple[torch.Tensor, torch.Tensor]] = []
+    if len(lanes) == 1 and lanes[0].prompt is not None and lanes[0].prompt.shape[0] == width:
+        return _lane_keys_values(backbone, lanes[0], kv_cache)  # one prompt: its own tensors, nothing to pad
     for i, lane in enumerate(lanes):
         prompt = lane.prompt
         if prompt is None or prompt.shape[0] == 0:
             continue
-        cacheable = kv_cache is not None and lane.key is not None
-        layers = kv_cache.get(lane.key) if cacheable else None  # type: ignore[union-attr]
+        layers = _lane_keys_values(backbone, lane, kv_cache)
         if layers is None:
-            layers = prompt_layer_kv(backbone, prompt)
-            if layers is None:
-                return None
-            if cacheable:
-                kv_cache.put(lane.key, layers)  # type: ignore[union-attr]
+            return None
         if not out:  # zeros where a lane has no prompt or a shorter one: masked out
             out = [(k.new_zeros(len(lanes), k.shape[1], width, k.shape[3]),
                     v.new_zeros(len(lanes), v.shape[1], width, v.shape[3])) for k, v in layers]
@@ -186,6 +187,19 @@ def _prompt_keys_values(backbone: Backbone, lanes: Sequence[Lane], width: int, k
             keys[i, :, width - n :] = k[0]
             values[i, :, width - n :] = v[0]
     return out or None
+
+
+def _lane_keys_values(backbone: Backbone, lane: Lane, kv_cache: PromptKV | None) -> LayerKV | None:
+    """One lane's prompt keys and values, (1, heads, n, head dim) per layer: from `kv_cache` when the lane has a key
+    there, else computed (and added to it)."""
+    assert lane.prompt is not None
+    cacheable = kv_cache is not None and lane.key is not None
+    layers = kv_cache.get(lane.key) if cacheable else None  # type: ignore[union-attr]
+    if layers is None:
+        layers = prompt_layer_kv(backbone, lane.prompt)
+        if layers is not None and cacheable:
+            kv_cache.put(lane.key, layers)  # type: ignore[union-attr]
+    return layers
 
 
 def _encoder_inputs(backbone: Backbone, prompts: PromptTable, lanes: torch.Tensor, batch: Batch

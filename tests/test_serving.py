@@ -84,6 +84,33 @@ def test_one_row_and_only_bare_rows(backbone: Backbone) -> None:
     assert rank_mixed(backbone, lanes, [Query(0, "x")]) == [[]]  # nothing to rank
 
 
+def test_one_cached_prompt_reads_its_own_keys_and_values(backbone: Backbone) -> None:
+    """One lane with a key (the API's usual call): batch 1 and a batch of rows read the cached tensors themselves,
+    answer as the prompt alone, and leave the cache as it was for the next call."""
+    lane = _lanes(backbone)[1]
+    keyed, cache = Lane(lane.prompt, lane.codec, key="job-1"), serving.PromptKV()
+    words = [list(WORDS)] * len(TEXTS)
+    for sources in (TEXTS[:1], TEXTS):
+        alone = rank_candidates(backbone, lane.prompt, lane.codec, sources, words[: len(sources)])
+        queries = [Query(0, t, WORDS) for t in sources]
+        for _ in range(2):  # computed, then read back from the cache
+            assert_close(torch.tensor(rank_mixed(backbone, [keyed], queries, kv_cache=cache)), torch.tensor(alone),
+                         rtol=1e-4, atol=1e-4)
+        answers = generate_mixed(backbone, [keyed], [Query(0, t) for t in sources], max_new_tokens=4,
+                                 kv_cache=cache)
+        assert answers == generate(backbone, lane.prompt, lane.codec, sources, max_new_tokens=4)
+    if backbone.family == "seq2seq":
+        return  # no keys and values to keep: the encoder reads the prompt itself
+    stored = cache.get("job-1")
+    assert stored is not None and cache.misses == 1
+    kept = [(k.clone(), v.clone()) for k, v in stored]
+    table = serving.PromptTable(backbone, [keyed], cache)
+    assert table.kv is not None and all(a[0] is b[0] for a, b in zip(table.kv, stored, strict=True))  # no copy
+    rank_mixed(backbone, [keyed], [Query(0, t, WORDS) for t in TEXTS], kv_cache=cache)
+    for (k, v), (k0, v0) in zip(stored, kept, strict=True):
+        assert torch.equal(k, k0) and torch.equal(v, v0)
+
+
 def test_prompt_table_pads_shorter_prompts_on_the_left(tiny_llama_dir: Path) -> None:
     """The CPU route really pads: a 5-token prompt sits in a 20-wide block beside the 20-token one."""
     backbone = load_backbone(ModelConfig(str(tiny_llama_dir)), torch.device("cpu"))
