@@ -112,11 +112,6 @@ class _packed:
                 self.config._attn_implementation = "sdpa"
 
 
-def _repeat_kv(x: torch.Tensor, times: int) -> torch.Tensor:
-    """(B, kv heads, L, hd) -> (B, kv heads * times, L, hd), each key/value head serving `times` query heads."""
-    return x if times == 1 else x.repeat_interleave(times, dim=1)
-
-
 def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                      lamp_pack: Pack | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
@@ -128,18 +123,18 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     n, index = lamp_pack.n, lamp_pack.index
-    heads, times = query.shape[1], query.shape[1] // key.shape[1]
+    heads, gqa = query.shape[1], query.shape[1] != key.shape[1]  # key/value heads each serve heads / kv heads
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # (T, heads, hd), (T, kv heads, hd) x 2
     rows = index.shape[0]
     qr = q[index].transpose(1, 2)  # (B, heads, S, hd)
     kr = torch.cat([key[:, :, :n].expand(rows, -1, -1, -1), k[index].transpose(1, 2)], dim=2)  # (B, kv, n + S, hd)
     vr = torch.cat([value[:, :, :n].expand(rows, -1, -1, -1), v[index].transpose(1, 2)], dim=2)
-    out = F.scaled_dot_product_attention(qr, _repeat_kv(kr, times), _repeat_kv(vr, times), attn_mask=lamp_pack.mask,
-                                         scale=scaling)  # (B, heads, S, hd)
+    out = F.scaled_dot_product_attention(qr, kr, vr, attn_mask=lamp_pack.mask, scale=scaling,
+                                         enable_gqa=gqa)  # (B, heads, S, hd)
     tokens = out.transpose(1, 2)[lamp_pack.valid]  # (N, heads, hd): the rows' tokens in packed order
     if n:
-        prompt = F.scaled_dot_product_attention(query[:, :, :n], _repeat_kv(key[:, :, :n], times),
-                                                _repeat_kv(value[:, :, :n], times), is_causal=True, scale=scaling)
+        prompt = F.scaled_dot_product_attention(query[:, :, :n], key[:, :, :n], value[:, :, :n], is_causal=True,
+                                                scale=scaling, enable_gqa=gqa)
         tokens = torch.cat([prompt[0].transpose(0, 1), tokens])  # (T, heads, hd)
     assert tokens.shape[1] == heads
     return tokens[None], None
