@@ -12,6 +12,10 @@ through the model on its own, at batch 1, forward and backward, streaming every 
 also drops the rows' padding from every layer but attention; a prompt of no tokens (the bare model, the benchmark's
 floor) packs the same way.
 
+core.serving packs too: its rows each follow their own lane's prompt, whose keys and values are already in its
+cache, so only the rows' tokens are in the sequence and each row's queries read its lane's keys and values
+(`Pack.kv`) before its own tokens.
+
 The attention runs through transformers' attention interface: while a packed call is in flight the model's
 configuration names PACKED, whose function reads the call's Pack from its keyword arguments; any other call that
 reaches it in that time (another thread on the same backbone) has no Pack and gets the plain SDPA attention and SDPA
@@ -21,6 +25,7 @@ masks, exactly as under "sdpa".
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,20 +52,31 @@ class Pack:
     """(B, S) long: each row position's place in the packed sequence (a padding position points at a real token of
     its row; its output is never read)."""
     mask: torch.Tensor
-    """(B, 1, S, n + S) bool: each row's queries see the prompt, then their row's tokens up to themselves."""
+    """(B, 1, S, m + S) bool: each row's queries see its prompt's m positions, then their row's tokens up to
+    themselves."""
+    kv: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None
+    """Per layer, each row's prompt keys and values (B, kv heads, m, head dim), computed beforehand (core.serving:
+    a prompt per row, cached per lane); then no prompt is in the sequence (n = 0). None: the prompt's n tokens
+    lead the sequence and every row sees all of them (m = n)."""
 
 
-def can_pack(backbone: Backbone, prompt: torch.Tensor, rows: int) -> bool:
-    """Decoder-only on the CPU, one prompt shared by every row, two rows or more, and a model whose attention is
-    the plain SDPA over all positions (no sliding windows: their layers see only part of the sequence)."""
+def packs(backbone: Backbone) -> bool:
+    """Decoder-only on the CPU, and a model whose attention is the plain SDPA over all positions (no sliding
+    windows: their layers see only part of the sequence)."""
     config = backbone.model.config
     layers = getattr(config, "layer_types", None) or []
-    return (backbone.family == "causal" and backbone.device.type == "cpu" and prompt.dim() == 2 and rows >= 2
+    return (backbone.family == "causal" and backbone.device.type == "cpu"
             and getattr(config, "_attn_implementation", None) == "sdpa"
             and getattr(config, "sliding_window", None) is None and "sliding_attention" not in layers)
 
 
-def pack_rows(batch: Batch, n: int) -> Pack:
+def can_pack(backbone: Backbone, prompt: torch.Tensor, rows: int) -> bool:
+    """One prompt shared by every row, two rows or more, on a model that packs."""
+    return prompt.dim() == 2 and rows >= 2 and packs(backbone)
+
+
+def pack_rows(batch: Batch, n: int, prompt_mask: torch.Tensor | None = None,
+              kv: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None) -> Pack:
     valid = batch.attention_mask.bool()  # (B, S)
     t = batch.attention_mask.cumsum(dim=1) - 1  # (B, S): each token's place in its row
     counts = valid.sum(dim=1)
@@ -70,8 +86,11 @@ def pack_rows(batch: Batch, n: int) -> Pack:
     width = valid.shape[1]
     causal = torch.ones(width, width, dtype=torch.bool, device=valid.device).tril()  # key column <= query column
     own = (causal[None] & valid[:, None, :]) | torch.eye(width, dtype=torch.bool, device=valid.device)[None]
-    see_prompt = torch.ones(valid.shape[0], width, n, dtype=torch.bool, device=valid.device)
-    return Pack(n, valid, index, torch.cat([see_prompt, own], dim=2)[:, None])  # a padding query sees itself
+    if prompt_mask is None:
+        see_prompt = torch.ones(valid.shape[0], width, n, dtype=torch.bool, device=valid.device)
+    else:
+        see_prompt = prompt_mask.bool()[:, None, :].expand(-1, width, -1)  # (B, S, m)
+    return Pack(n, valid, index, torch.cat([see_prompt, own], dim=2)[:, None], kv)  # a padding query sees itself
 
 
 def packed_hidden(backbone: Backbone, prompt: torch.Tensor, batch: Batch, offset: torch.Tensor | None = None
@@ -84,8 +103,22 @@ def packed_hidden(backbone: Backbone, prompt: torch.Tensor, batch: Batch, offset
     x = torch.cat([prompt.to(embeds.dtype), embeds[pack.valid]])[None]  # (1, n + N, d): the rows one after another
     t = batch.attention_mask.cumsum(dim=1) - 1
     positions = torch.cat([torch.arange(n, device=t.device), (t + n)[pack.valid]])[None]  # (1, n + N)
-    config = backbone.model.config
-    with _packed(config):
+    return _run(backbone, x, positions, pack)
+
+
+def packed_rows_hidden(backbone: Backbone, embeds: torch.Tensor, batch: Batch, prompt_mask: torch.Tensor,
+                       kv: Sequence[tuple[torch.Tensor, torch.Tensor]] | None) -> torch.Tensor:
+    """packed_hidden for rows that each follow their own prompt, given as its keys and values per layer (B, kv heads,
+    m, head dim) with `prompt_mask` (B, m) marking each row's real prompt positions (None: no row has a prompt).
+    Only the rows' real tokens run, one after another; row i's tokens sit at positions n_i + t. (B, S, d)"""
+    pack = pack_rows(batch, 0, prompt_mask, kv)
+    t = batch.attention_mask.cumsum(dim=1) - 1
+    positions = (t + prompt_mask.sum(dim=1, keepdim=True))[pack.valid][None]  # (1, N)
+    return _run(backbone, embeds[pack.valid][None], positions, pack)
+
+
+def _run(backbone: Backbone, x: torch.Tensor, positions: torch.Tensor, pack: Pack) -> torch.Tensor:
+    with _packed(backbone.model.config):
         out = backbone.model.base_model(inputs_embeds=x, position_ids=positions, use_cache=False, lamp_pack=pack)
     return out.last_hidden_state[0][pack.index]  # (B, S, d)
 
@@ -127,8 +160,13 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # (T, heads, hd), (T, kv heads, hd) x 2
     rows = index.shape[0]
     qr = q[index].transpose(1, 2)  # (B, heads, S, hd)
-    kr = torch.cat([key[:, :, :n].expand(rows, -1, -1, -1), k[index].transpose(1, 2)], dim=2)  # (B, kv, n + S, hd)
-    vr = torch.cat([value[:, :, :n].expand(rows, -1, -1, -1), v[index].transpose(1, 2)], dim=2)
+    if lamp_pack.kv is not None:  # each row's own prompt, from the cache
+        layer: int = getattr(module, "layer_idx")  # noqa: B009  # transformers names each attention layer
+        pk, pv = lamp_pack.kv[layer]  # (B, kv, m, hd) x 2
+    else:  # the sequence's prompt, shared by every row
+        pk, pv = key[:, :, :n].expand(rows, -1, -1, -1), value[:, :, :n].expand(rows, -1, -1, -1)
+    kr = torch.cat([pk, k[index].transpose(1, 2)], dim=2)  # (B, kv, m + S, hd)
+    vr = torch.cat([pv, v[index].transpose(1, 2)], dim=2)
     out = F.scaled_dot_product_attention(qr, kr, vr, attn_mask=lamp_pack.mask, scale=scaling,
                                          enable_gqa=gqa)  # (B, heads, S, hd)
     tokens = out.transpose(1, 2)[lamp_pack.valid]  # (N, heads, hd): the rows' tokens in packed order

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from core.backbone import Backbone, cache_arg, returned_cache
 from core.batching import Batch, Codec, Encoded, collate, embed_inputs, eval_batches
+from core.packing import packed_rows_hidden, packs
 from core.scoring import answer_tokens, continue_ids, left_padded, one_token_each, source_budget
 
 
@@ -128,18 +129,26 @@ class PromptTable:
         start = self.table.shape[1] - width
         return self.table[lanes, start:], self.mask[lanes, start:]
 
+    def row_kv(self, lanes: torch.Tensor, width: int) -> LayerKV | None:
+        """Per layer, each row's prompt keys and values (B, kv heads, width, head dim), or None off the CPU route.
+        One lane: views of its own tensors."""
+        if self.kv is None or width == 0 or not use_prompt_cache(self.backbone):
+            return None
+        start = self.kv[0][0].shape[2] - width
+        if self.kv[0][0].shape[0] == 1:  # one lane: every row reads the same keys and values
+            rows = int(lanes.shape[0])
+            return [(k[:, :, start:].expand(rows, -1, -1, -1), v[:, :, start:].expand(rows, -1, -1, -1))
+                    for k, v in self.kv]
+        return [(k[lanes, :, start:], v[lanes, :, start:]) for k, v in self.kv]
+
     def cache(self, lanes: torch.Tensor, width: int) -> Any | None:
         """A KV cache holding each row's prompt (B, heads, width, head dim), or None where the plain route applies."""
-        if self.kv is None or width == 0 or not use_prompt_cache(self.backbone):
+        kv = self.row_kv(lanes, width)
+        if kv is None:
             return None
         from transformers.cache_utils import DynamicCache
 
-        start = self.kv[0][0].shape[2] - width
-        if self.kv[0][0].shape[0] == 1:  # one lane: every row reads the same keys and values, a view each
-            rows = int(lanes.shape[0])
-            return DynamicCache([(k[:, :, start:].expand(rows, -1, -1, -1), v[:, :, start:].expand(rows, -1, -1, -1))
-                                 for k, v in self.kv])
-        return DynamicCache([(k[lanes, :, start:], v[lanes, :, start:]) for k, v in self.kv])
+        return DynamicCache(kv)
 
 
 def use_prompt_cache(backbone: Backbone) -> bool:
@@ -233,7 +242,16 @@ def _causal_inputs(backbone: Backbone, prompts: PromptTable, lanes: torch.Tensor
 
 
 def _hidden(backbone: Backbone, prompts: PromptTable, lanes: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """Decoder-only: the last hidden states of the batch's own columns. (B, S, d)"""
+    """Decoder-only: the last hidden states of the batch's own columns. (B, S, d)
+
+    On the CPU, two rows or more run packed (core.packing): only their real tokens go through the layers, one after
+    another, each attending to its lane's cached prompt keys and values and then causally to its own tokens."""
+    width = prompts.width(lanes)
+    kv = prompts.row_kv(lanes, width)
+    if batch.size >= 2 and packs(backbone) and (kv is not None or width == 0):
+        offsets = None if prompts.offsets is None else prompts.offsets[lanes]  # (B, s, d)
+        return packed_rows_hidden(backbone, embed_inputs(backbone, batch, offsets), batch,
+                                  prompts.block(lanes, width)[1], kv)
     x = _causal_inputs(backbone, prompts, lanes, batch)
     out = backbone.model.base_model(inputs_embeds=x.embeds, attention_mask=x.mask, position_ids=x.positions,
                                     **cache_arg(x.cache), use_cache=x.cache is not None)

@@ -93,3 +93,36 @@ def test_only_plain_full_attention_models_pack(backbone: Backbone, monkeypatch: 
     assert not packing.can_pack(backbone, prompt[None].expand(2, -1, -1), 2)  # a prompt per row
     monkeypatch.setattr(backbone.model.config, "sliding_window", 4, raising=False)
     assert not packing.can_pack(backbone, prompt, 2)  # a layer that sees part of the sequence
+
+
+def test_mixed_prompts_pack_with_their_cached_keys_and_score_as_the_cache_route(
+        backbone: Backbone, monkeypatch: pytest.MonkeyPatch) -> None:
+    """core.serving's batches of several prompts (and a DePT offset, and the bare model) run packed, each row over
+    its own lane's cached keys and values, and score what the unpacked cache route scores: one-token answers and
+    several-token ones (teacher forcing)."""
+    from core import serving
+    from core.serving import Lane, PromptKV, Query, rank_mixed
+
+    g = torch.Generator().manual_seed(1)
+    d, codec = backbone.hidden_size, Codec.for_backbone(backbone)
+    lanes = [Lane(torch.randn(5, d, generator=g) * 0.5, codec, key="a"), Lane(None, codec),
+             Lane(torch.randn(12, d, generator=g) * 0.5, codec, key="b",
+                  offset=torch.randn(4, d, generator=g) * 0.3),
+             Lane(torch.randn(3, d, generator=g) * 0.5, Codec.for_backbone(backbone, "label", 64))]
+    queries = [Query(k, t, ("yes please", "no") if k == 2 else ("positive", "negative"))
+               for t in TEXTS for k in range(len(lanes))]
+    calls: list[bool] = []
+    real = packing.packed_attention
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(kwargs.get("lamp_pack") is not None)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(packing, "packed_attention", counted)
+    monkeypatch.setattr(packing, "_REGISTERED", [])
+    packed = rank_mixed(backbone, lanes, queries, batch_size=5, kv_cache=PromptKV())
+    assert calls and all(calls)
+    monkeypatch.setattr(serving, "packs", lambda backbone: False)
+    cached = rank_mixed(backbone, lanes, queries, batch_size=5, kv_cache=PromptKV())
+    assert_close(torch.tensor(packed), torch.tensor(cached), rtol=1e-4, atol=1e-4)
+    assert backbone.model.config._attn_implementation == "sdpa"
