@@ -233,13 +233,13 @@ def test_the_dashboard_serves_the_api_with_keys_beside_its_login(jobs_home: tupl
                          "LAMP_ARTIFACTS_DIR": os.environ["LAMP_ARTIFACTS_DIR"]})
     try:
         api = server.url + "v1"
-        assert httpx.get(api + "/models").status_code == 401  # the key, not the login, opens the API
-        models = httpx.get(api + "/models", headers={"authorization": f"Bearer {KEY}"}).json()
+        assert httpx.get(api + "/models", timeout=60).status_code == 401  # the key, not the login, opens the API
+        models = httpx.get(api + "/models", headers={"authorization": f"Bearer {KEY}"}, timeout=60).json()
         assert f"job-{lamp_id}" in [m["id"] for m in models["data"]]
         r = httpx.post(api + "/classify", json={"model": f"job-{lamp_id}", "input": ["a joy to watch"]},
                        headers={"authorization": f"Bearer {KEY}"}, timeout=120)
         assert r.status_code == 200 and r.json()["data"][0]["label"] in ("good", "bad")
-        assert httpx.get(server.url + "gradio_api/info").status_code == 401  # the dashboard still needs its login
+        assert httpx.get(server.url + "gradio_api/info", timeout=60).status_code == 401  # the dashboard: its login
     finally:
         server.stop()
 
