@@ -241,14 +241,19 @@ def _causal_inputs(backbone: Backbone, prompts: PromptTable, lanes: torch.Tensor
     return _CausalInputs(embeds[:, width:], mask, positions[:, width:], cache)
 
 
+PACK_MIN_ROWS = 1
+"""Batches of at least this many rows run packed on the CPU (one row too: its cached prompt is read by the packed
+attention, without the key/value cache object, its per-layer copies and its mask)."""
+
+
 def _hidden(backbone: Backbone, prompts: PromptTable, lanes: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Decoder-only: the last hidden states of the batch's own columns. (B, S, d)
 
-    On the CPU, two rows or more run packed (core.packing): only their real tokens go through the layers, one after
+    On the CPU the rows run packed (core.packing): only their real tokens go through the layers, one after
     another, each attending to its lane's cached prompt keys and values and then causally to its own tokens."""
     width = prompts.width(lanes)
     kv = prompts.row_kv(lanes, width)
-    if batch.size >= 2 and packs(backbone) and (kv is not None or width == 0):
+    if batch.size >= PACK_MIN_ROWS and packs(backbone) and (kv is not None or width == 0):
         offsets = None if prompts.offsets is None else prompts.offsets[lanes]  # (B, s, d)
         return packed_rows_hidden(backbone, embed_inputs(backbone, batch, offsets), batch,
                                   prompts.block(lanes, width)[1], kv)
