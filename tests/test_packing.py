@@ -34,9 +34,9 @@ def _loss_and_grads(backbone: Backbone, tokens: int) -> tuple[float, torch.Tenso
     return loss.item(), prompt.grad, offset.grad
 
 
-@pytest.mark.parametrize("tokens", [5, 0], ids=["prompt", "no-prompt"])
-def test_packed_loss_and_gradients_equal_every_row_with_its_prompt(backbone: Backbone, tokens: int,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def _count_packed_calls(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Wraps the packed attention so that each call records whether it got a pack; the list fills as the model runs.
+    It is registered again with the wrapper (which delegates to the real one, so it may stay registered)."""
     calls: list[bool] = []
     real = packing.packed_attention
 
@@ -45,8 +45,14 @@ def test_packed_loss_and_gradients_equal_every_row_with_its_prompt(backbone: Bac
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(packing, "packed_attention", counted)
-    monkeypatch.setattr(packing, "_REGISTERED", [])  # registered again, with the counting function (which
-    # delegates to the real one, so it may stay registered)
+    monkeypatch.setattr(packing, "_REGISTERED", [])
+    return calls
+
+
+@pytest.mark.parametrize("tokens", [5, 0], ids=["prompt", "no-prompt"])
+def test_packed_loss_and_gradients_equal_every_row_with_its_prompt(backbone: Backbone, tokens: int,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _count_packed_calls(monkeypatch)
     packed = _loss_and_grads(backbone, tokens)
     assert calls and all(calls)  # every layer's attention ran packed
     monkeypatch.setattr(scoring, "can_pack", lambda *args: False)
@@ -111,15 +117,7 @@ def test_mixed_prompts_pack_with_their_cached_keys_and_score_as_the_cache_route(
              Lane(torch.randn(3, d, generator=g) * 0.5, Codec.for_backbone(backbone, "label", 64))]
     queries = [Query(k, t, ("yes please", "no") if k == 2 else ("positive", "negative"))
                for t in TEXTS for k in range(len(lanes))]
-    calls: list[bool] = []
-    real = packing.packed_attention
-
-    def counted(*args: object, **kwargs: object) -> object:
-        calls.append(kwargs.get("lamp_pack") is not None)
-        return real(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(packing, "packed_attention", counted)
-    monkeypatch.setattr(packing, "_REGISTERED", [])
+    calls = _count_packed_calls(monkeypatch)
     packed = rank_mixed(backbone, lanes, queries, batch_size=5, kv_cache=PromptKV())
     assert calls and all(calls)
     monkeypatch.setattr(serving, "packs", lambda backbone: False)
