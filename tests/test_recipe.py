@@ -12,6 +12,8 @@ from torch.testing import assert_close
 
 from core.errors import ConfigError
 from core.methods import DptConfig, LampConfig, PromptTuningConfig, build_prompt, method_config
+from core.methods.dpt import DptPrompt
+from core.methods.lamp import LampPrompt
 from core.spec import DataConfig, ModelConfig, RunSpec, TrainConfig, validate_spec
 from core.train import fit, param_groups, set_lr
 
@@ -84,11 +86,13 @@ def test_a_text_start_begins_at_the_texts_embeddings(method: str, tiny_llama_dir
                                                     tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    spec = _spec(tiny_llama_dir, sentiment_csv, method, prompt_init="text", prompt_init_text="good bad")
+    text = "good bad fine awful" if method == "lamp" else "good bad"  # as many distinct tokens as the rank
+    spec = _spec(tiny_llama_dir, sentiment_csv, method, prompt_init="text", prompt_init_text=text)
     result = fit(spec, tmp_path)
     manifest = json.loads((Path(result.artifact) / "lamp_artifact.json").read_text())
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    words = tok("good bad", add_special_tokens=False)["input_ids"]
+    words = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(set(words)) == getattr(spec.method, "rank", len(words))
     pool = getattr(spec.method, "pool", 1)
     expected = [words[(i // pool) % len(words)] for i in range(spec.method.length)]
     assert manifest["init_token_ids"] == expected
@@ -99,8 +103,43 @@ def test_a_text_start_begins_at_the_texts_embeddings(method: str, tiny_llama_dir
     module.load_state_dict(load_file(f"{result.artifact}/init_params.safetensors"))
     with torch.no_grad():
         start = module.dense()
-    # Two distinct tokens are within every rank here, so the rank-r start is the text's embeddings exactly.
+    # The text's distinct tokens are as many as the rank, so the rank-r start is the text's embeddings exactly.
     assert_close(start, table[torch.tensor(expected)], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("config", [LampConfig(length=20, rank=8, pool=4), DptConfig(length=20, rank=8)],
+                         ids=lambda c: c.name)
+def test_a_short_text_start_keeps_every_component_of_the_rank_alive(config: LampConfig | DptConfig) -> None:
+    """Two distinct tokens at rank 8: without a fill, six of the SVD's components start at zero, and every gradient
+    of a component at zero is zero (LAMP: Q_i^2 u_i v_i^T; DPT: a_i b_i^T). The fill gives all eight a start."""
+    table = _table()
+    ids = [5, 5, 5, 5, 9, 9, 9, 9] * 2 + [5, 5, 5, 5]  # (20,): a two-token text, each token repeated p = 4 times
+    text = table[torch.tensor(ids)]
+    module, got = build_prompt(config, table, list(range(10, 300)), torch.Generator().manual_seed(3), start_ids=ids)
+    assert got == ids
+    with torch.no_grad():
+        start = module.dense()
+    assert 0.02 < _rms(start - text) / _rms(text) < 0.2  # near the text, not at it
+    assert torch.linalg.matrix_rank(start.double(), rtol=1e-4).item() == 8
+    # One gradient through a random loss reaches every component: each factor's column has a nonzero gradient.
+    weights = torch.randn(20, 24, generator=torch.Generator().manual_seed(4))
+    (weights * module.dense()).sum().backward()
+    left = module.u if isinstance(module, LampPrompt) else module.a  # (l, r)
+    assert left.grad is not None and bool((left.grad.norm(dim=0) > 1e-6).all())
+    unfilled = (LampPrompt(config, text) if isinstance(config, LampConfig)
+                else DptPrompt.from_prompt(config, text))  # the start as it was: rank 2
+    (weights * unfilled.dense()).sum().backward()
+    left = unfilled.u if isinstance(unfilled, LampPrompt) else unfilled.a
+    assert left.grad is not None and int((left.grad.norm(dim=0) > 1e-6).sum()) == 2
+
+
+def test_a_text_start_of_full_rank_is_left_as_it_is() -> None:
+    table = _table()
+    ids = list(range(20, 40))  # twenty distinct tokens: rank 8 of them is the SVD's own truncation
+    module, _ = build_prompt(LampConfig(length=20, rank=8, pool=4), table, list(range(10, 300)),
+                             torch.Generator().manual_seed(3), start_ids=ids)
+    reference = LampPrompt(LampConfig(length=20, rank=8, pool=4), table[torch.tensor(ids)])
+    assert_close(module.dense(), reference.dense())
 
 
 def test_text_start_from_the_task_when_no_text_is_given(tiny_llama_dir: Path, sentiment_csv: Path,

@@ -101,6 +101,7 @@ def build_prompt(
         if len(start_ids) != config.length:
             raise ConfigError(f"start_ids: {len(start_ids)} tokens for a prompt of length {config.length}")
         start = embeddings.detach()[torch.tensor(start_ids)].float()  # (l, d)
+        start = _fill_rank(config, start, embeddings, common_ids, generator)
         return _warm_prompt(config, start, embeddings, common_ids, generator), list(start_ids)
     if warm is not None:
         if tuple(warm.shape) != (config.length, hidden):
@@ -127,6 +128,31 @@ def _vocab_stats(embeddings: torch.Tensor, common_ids: list[int]) -> tuple[torch
     """Per-dimension standard deviation and mean of the common tokens' embeddings: ULPT's starting s and b."""
     rows = embeddings.detach().float()[torch.tensor(common_ids)] if common_ids else embeddings.detach().float()
     return rows.std(dim=0), rows.mean(dim=0)  # (d,), (d,)
+
+
+FILL_SCALE = 0.1
+"""The size, against a token embedding's, of the common tokens added to a text start that has fewer distinct
+directions than the method's rank (_fill_rank)."""
+
+
+def _fill_rank(config: MethodConfig, start: torch.Tensor, embeddings: torch.Tensor, common_ids: list[int],
+               generator: torch.Generator) -> torch.Tensor:
+    """A text start (l, d) for a factorised prompt (LAMP, DPT) that keeps all of its rank alive.
+
+    A text of k distinct tokens gives a start of rank k. Below the method's rank r, the SVD's last r - k singular
+    values are zero, and a component at zero never trains: LAMP's C holds it as Q_i^2 u_i v_i^T and DPT's as
+    a_i b_i^T, so every gradient of the component carries a factor that is zero. `Give the answer:` (4 tokens) would
+    train a rank-8 LAMP at rank 4. There, l common tokens at FILL_SCALE of their size are added: the text stays the
+    start's leading directions and the others start small but alive. A start of rank r or more is left as it is."""
+    if not isinstance(config, LampConfig | DptConfig):
+        return start
+    s = torch.linalg.svdvals(start.double())
+    alive = int((s > s[0] * 1e-6).sum())
+    if alive >= config.rank:
+        return start
+    pool = common_ids or list(range(embeddings.shape[0]))
+    fill = embeddings.detach()[torch.tensor(sample_token_ids(pool, config.length, generator))].float()  # (l, d)
+    return start + FILL_SCALE * fill
 
 
 def _warm_prompt(config: MethodConfig, warm: torch.Tensor, embeddings: torch.Tensor, common_ids: list[int],
