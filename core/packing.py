@@ -60,19 +60,25 @@ class Pack:
     lead the sequence and every row sees all of them (m = n)."""
 
 
-def packs(backbone: Backbone) -> bool:
-    """Decoder-only on the CPU, and a model whose attention is the plain SDPA over all positions (no sliding
-    windows: their layers see only part of the sequence)."""
+def packs(backbone: Backbone, span: int) -> bool:
+    """Decoder-only on the CPU, with the plain SDPA attention, and every layer seeing the whole of each row: full
+    attention, or a sliding window at least `span` wide (the most positions one row covers, its prompt and its own
+    tokens). Gemma 3's local layers see 512 positions: a row of a 25-token prompt and at most 256 of text fits, and
+    there a sliding layer computes what a full one does. Other layer kinds (chunked, linear, recurrent) do not pack."""
     config = backbone.model.config
-    layers = getattr(config, "layer_types", None) or []
+    window = getattr(config, "sliding_window", None)
+    kinds = set(getattr(config, "layer_types", None) or [])
     return (backbone.family == "causal" and backbone.device.type == "cpu"
             and getattr(config, "_attn_implementation", None) == "sdpa"
-            and getattr(config, "sliding_window", None) is None and "sliding_attention" not in layers)
+            and kinds <= {"full_attention", "sliding_attention"}
+            and (window is None or span <= window)
+            and ("sliding_attention" not in kinds or window is not None))
 
 
-def can_pack(backbone: Backbone, prompt: torch.Tensor, rows: int) -> bool:
-    """One prompt shared by every row, two rows or more, on a model that packs."""
-    return prompt.dim() == 2 and rows >= 2 and packs(backbone)
+def can_pack(backbone: Backbone, prompt: torch.Tensor, batch: Batch) -> bool:
+    """One prompt shared by every row, two rows or more, on a model that packs rows of this batch's width."""
+    return (prompt.dim() == 2 and batch.size >= 2
+            and packs(backbone, int(prompt.shape[0]) + int(batch.input_ids.shape[1])))
 
 
 def pack_rows(batch: Batch, n: int, prompt_mask: torch.Tensor | None = None,

@@ -45,13 +45,13 @@ def causal_hidden(backbone: Backbone, prompt: torch.Tensor, batch: Batch, offset
     A prompt shared by every row is the same prefix for all of them, and under causal attention its hidden states
     do not depend on what follows it. So on the CPU the prompt and the rows' tokens are packed into one sequence
     (core.packing): the prompt's positions go through every layer once, the rows' padding through none but
-    attention, and each row attends to the prompt's keys and values. Where packing does not apply (sliding-window
-    attention) the prompt runs through the model once (batch 1) and the rows attend to its keys and values from a
-    cache expanded to the batch. Both give the numbers of running [prompt][row] for every row, with (B - 1) n fewer
-    positions through the model, forward and backward (README, "Performance").
+    attention, and each row attends to the prompt's keys and values. Where packing does not apply (a sliding window
+    narrower than a row, other layer kinds) the prompt runs through the model once (batch 1) and the rows attend to
+    its keys and values from a cache expanded to the batch. Both give the numbers of running [prompt][row] for every
+    row, with (B - 1) n fewer positions through the model, forward and backward (README, "Performance").
     """
     model = backbone.model.base_model
-    if can_pack(backbone, prompt, batch.size):
+    if can_pack(backbone, prompt, batch):
         return packed_hidden(backbone, prompt, batch, offset)
     cache = shared_prompt_cache(backbone, prompt, batch.size)
     if cache is not None:

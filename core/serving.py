@@ -253,7 +253,8 @@ def _hidden(backbone: Backbone, prompts: PromptTable, lanes: torch.Tensor, batch
     another, each attending to its lane's cached prompt keys and values and then causally to its own tokens."""
     width = prompts.width(lanes)
     kv = prompts.row_kv(lanes, width)
-    if batch.size >= PACK_MIN_ROWS and packs(backbone) and (kv is not None or width == 0):
+    if (batch.size >= PACK_MIN_ROWS and packs(backbone, width + batch.input_ids.shape[1])
+            and (kv is not None or width == 0)):
         offsets = None if prompts.offsets is None else prompts.offsets[lanes]  # (B, s, d)
         return packed_rows_hidden(backbone, embed_inputs(backbone, batch, offsets), batch,
                                   prompts.block(lanes, width)[1], kv)

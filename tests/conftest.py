@@ -79,6 +79,21 @@ def tiny_gpt2_dir(default_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 @pytest.fixture(scope="session")
+def tiny_gemma3_dir(default_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Gemma 3's layout: a local layer (sliding window of 64) then a global one, one key/value head, embeddings
+    scaled by sqrt(d) on the way in."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=49152, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16,
+                              sliding_window=64, layer_types=["sliding_attention", "full_attention"],
+                              max_position_embeddings=512, pad_token_id=2, eos_token_id=2, bos_token_id=1,
+                              initializer_range=0.2)
+    return _save_tiny(Gemma3ForCausalLM(config), default_dir, tmp_path_factory.mktemp("tiny-gemma3"))
+
+
+@pytest.fixture(scope="session")
 def tiny_dirs(tiny_llama_dir: Path, tiny_t5_dir: Path) -> dict[str, Path]:
     return {"llama": tiny_llama_dir, "t5": tiny_t5_dir}
 

@@ -3,20 +3,22 @@ and the scores of running [prompt][row] for every row, and leave the model as it
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch.testing import assert_close
 
 from core import packing, scoring
 from core.backbone import Backbone, load_backbone
-from core.batching import Codec, collate, prompted_inputs
+from core.batching import Codec, Encoded, collate, prompted_inputs
 from core.spec import ModelConfig
 
 TEXTS = ["a short one", "a somewhat longer input sentence with more words in it", "mid text", "x"]
 ANSWERS = ["positive", "negative", "positive", "no thanks"]
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
+@pytest.fixture(scope="module", params=["llama", "gpt2", "gemma3"])
 def backbone(request: pytest.FixtureRequest) -> Backbone:
     return load_backbone(ModelConfig(str(request.getfixturevalue(f"tiny_{request.param}_dir"))), torch.device("cpu"))
 
@@ -92,13 +94,44 @@ def test_a_call_without_a_pack_meanwhile_gets_plain_attention(backbone: Backbone
     assert backbone.model.config._attn_implementation == "sdpa"
 
 
-def test_only_plain_full_attention_models_pack(backbone: Backbone, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_only_models_whose_every_layer_sees_whole_rows_pack(backbone: Backbone,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    codec = Codec.for_backbone(backbone)
+    batch = collate([codec.encode(t, a) for t, a in zip(TEXTS, ANSWERS, strict=True)], "causal",
+                    backbone.tokenizer.pad_token_id, backbone.device)
     prompt = torch.zeros(4, backbone.hidden_size)
-    assert packing.can_pack(backbone, prompt, 2)
-    assert not packing.can_pack(backbone, prompt, 1)  # one row: [prompt][row] has nothing to share
-    assert not packing.can_pack(backbone, prompt[None].expand(2, -1, -1), 2)  # a prompt per row
-    monkeypatch.setattr(backbone.model.config, "sliding_window", 4, raising=False)
-    assert not packing.can_pack(backbone, prompt, 2)  # a layer that sees part of the sequence
+    span = 4 + batch.input_ids.shape[1]  # the prompt and the widest row
+    assert packing.can_pack(backbone, prompt, batch)
+    assert not packing.can_pack(backbone, prompt, collate(batch_rows(codec, 1), "causal", 0, backbone.device))
+    assert not packing.can_pack(backbone, prompt[None].expand(2, -1, -1), batch)  # a prompt per row
+    monkeypatch.setattr(backbone.model.config, "sliding_window", span, raising=False)
+    assert packing.can_pack(backbone, prompt, batch)  # a window as wide as the row: the same as full attention
+    monkeypatch.setattr(backbone.model.config, "sliding_window", span - 1, raising=False)
+    assert not packing.can_pack(backbone, prompt, batch)  # a layer that sees part of a row
+    monkeypatch.setattr(backbone.model.config, "sliding_window", None, raising=False)
+    monkeypatch.setattr(backbone.model.config, "layer_types", ["full_attention", "linear_attention"], raising=False)
+    assert not packing.can_pack(backbone, prompt, batch)
+
+
+def batch_rows(codec: Codec, rows: int) -> list[Encoded]:
+    return [codec.encode(t, a) for t, a in list(zip(TEXTS, ANSWERS, strict=True))[:rows]]
+
+
+def test_a_sliding_window_narrower_than_a_row_takes_the_plain_route_with_the_same_loss(
+        tiny_gemma3_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gemma 3's local layers where a row is wider than their window: no packing, and the loss is still that of
+    [prompt][row] for every row under the model's own sliding attention."""
+    backbone = load_backbone(ModelConfig(str(tiny_gemma3_dir)), torch.device("cpu"))
+    monkeypatch.setattr(backbone.model.config, "sliding_window", 6)
+    calls = _count_packed_calls(monkeypatch)
+    narrow = _loss_and_grads(backbone, 5)
+    assert not any(calls)
+    monkeypatch.setattr(scoring, "shared_prompt_cache", lambda *args: None)
+    plain = _loss_and_grads(backbone, 5)
+    assert narrow[0] == pytest.approx(plain[0], rel=1e-5)
+    assert_close(narrow[1], plain[1], rtol=1e-4, atol=1e-6)
+    monkeypatch.setattr(backbone.model.config, "sliding_window", 512)
+    assert _loss_and_grads(backbone, 5)[0] != pytest.approx(plain[0], rel=1e-3)  # the window bites at 6
 
 
 def test_mixed_prompts_pack_with_their_cached_keys_and_score_as_the_cache_route(
@@ -119,8 +152,11 @@ def test_mixed_prompts_pack_with_their_cached_keys_and_score_as_the_cache_route(
                for t in TEXTS for k in range(len(lanes))]
     calls = _count_packed_calls(monkeypatch)
     packed = rank_mixed(backbone, lanes, queries, batch_size=5, kv_cache=PromptKV())
-    assert calls and all(calls)
-    monkeypatch.setattr(serving, "packs", lambda backbone: False)
+    if "sliding_attention" in (getattr(backbone.model.config, "layer_types", None) or []):
+        assert not any(calls)  # a sliding-window model's prompt cache is not the plain one: served unpacked
+    else:
+        assert calls and all(calls)
+    monkeypatch.setattr(serving, "packs", lambda backbone, span: False)
     cached = rank_mixed(backbone, lanes, queries, batch_size=5, kv_cache=PromptKV())
     assert_close(torch.tensor(packed), torch.tensor(cached), rtol=1e-4, atol=1e-4)
     assert backbone.model.config._attn_implementation == "sdpa"
