@@ -41,6 +41,21 @@ _IN_FLIGHT: dict[int, int] = {}  # id(config) -> packed calls running on it
 
 
 @dataclass(frozen=True)
+class Group:
+    """Rows of similar length whose attention runs as one batch, each row's tokens from column 0 (w: the longest)."""
+
+    rows: torch.Tensor
+    """(b,) long: the batch rows in the group."""
+    gather: torch.Tensor
+    """(b * w,) long: each (row, column)'s place in the packed sequence, row by row; a column past a row's end
+    points at a real token of that row (its output is never read)."""
+    mask: torch.Tensor
+    """(b, 1, w, m + w) bool: each query sees its prompt's m positions, then its row's tokens up to itself."""
+    take: torch.Tensor
+    """(N_g,) long: the real tokens among the b * w outputs, in packed order."""
+
+
+@dataclass(frozen=True)
 class Pack:
     """Where a batch's rows sit in the packed sequence, and what their queries see."""
 
@@ -51,9 +66,12 @@ class Pack:
     index: torch.Tensor
     """(B, S) long: each row position's place in the packed sequence (a padding position points at a real token of
     its row; its output is never read)."""
-    mask: torch.Tensor
-    """(B, 1, S, m + S) bool: each row's queries see its prompt's m positions, then their row's tokens up to
-    themselves."""
+    groups: tuple[Group, ...]
+    """The rows split by length, so that attention is not computed over the padding of short rows beside long ones
+    (one group where the rows are about as long as each other, as in the training loop's length-bucketed batches)."""
+    order: torch.Tensor | None
+    """(N,) long: where each of the rows' tokens is among the groups' outputs laid end to end; None for one group
+    (its outputs are in packed order already)."""
     kv: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None
     """Per layer, each row's prompt keys and values (B, kv heads, m, head dim), computed beforehand (core.serving:
     a prompt per row, cached per lane); then no prompt is in the sequence (n = 0). None: the prompt's n tokens
@@ -81,6 +99,11 @@ def can_pack(backbone: Backbone, prompt: torch.Tensor, batch: Batch) -> bool:
             and packs(backbone, int(prompt.shape[0]) + int(batch.input_ids.shape[1])))
 
 
+MAX_GROUPS = 4
+GROUP_COST = 2048
+"""What one more attention call per layer costs, in query-key pairs: a split must save more than this."""
+
+
 def pack_rows(batch: Batch, n: int, prompt_mask: torch.Tensor | None = None,
               kv: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None) -> Pack:
     valid = batch.attention_mask.bool()  # (B, S)
@@ -89,14 +112,62 @@ def pack_rows(batch: Batch, n: int, prompt_mask: torch.Tensor | None = None,
     starts = n + counts.cumsum(dim=0) - counts  # (B,): where each row's tokens begin
     total = n + int(counts.sum())
     index = (starts[:, None] + t.clamp(min=0)).clamp(max=total - 1)
-    width = valid.shape[1]
-    causal = torch.ones(width, width, dtype=torch.bool, device=valid.device).tril()  # key column <= query column
-    own = (causal[None] & valid[:, None, :]) | torch.eye(width, dtype=torch.bool, device=valid.device)[None]
+    m = n if prompt_mask is None else int(prompt_mask.shape[1])
+    lengths = counts.tolist()
+    groups = [_group(rows, starts, counts, n, m, prompt_mask) for rows in split_by_length(lengths, m)]
+    order = None
+    if len(groups) > 1:  # the groups' outputs laid end to end: where each token of the rows, in packed order, is
+        placed = torch.cat([g.gather[g.take] for g in groups]) - n  # (N,): the packed place of each output
+        order = torch.empty_like(placed)
+        order[placed] = torch.arange(placed.numel(), device=placed.device)
+    return Pack(n, valid, index, tuple(groups), order, kv)
+
+
+def split_by_length(lengths: list[int], m: int) -> list[list[int]]:
+    """Rows grouped by length (at most MAX_GROUPS groups, each a run of the rows sorted by length) so that the
+    attention's query-key pairs, sum over groups of b * w * (m + w), plus GROUP_COST per group, are fewest."""
+    order = sorted(range(len(lengths)), key=lambda r: lengths[r])
+    ls = [max(lengths[r], 1) for r in order]
+    rows = len(ls)
+
+    def cost(i: int, j: int) -> int:  # rows order[i:j] as one group: the longest is the last
+        return (j - i) * ls[j - 1] * (m + ls[j - 1]) + GROUP_COST
+
+    # best[k][j]: the fewest pairs for the first j sorted rows in k groups; cut[k][j]: where the last group starts
+    best = [[0] + [cost(0, j) for j in range(1, rows + 1)]]
+    cut = [[0] * (rows + 1)]
+    for _ in range(1, min(MAX_GROUPS, rows)):
+        prev, row, where = best[-1], [0] * (rows + 1), [0] * (rows + 1)
+        for j in range(1, rows + 1):
+            row[j], where[j] = min((prev[i] + cost(i, j), i) for i in range(1, j)) if j > 1 else (prev[j], 0)
+        best.append(row)
+        cut.append(where)
+    k = min(range(len(best)), key=lambda g: best[g][rows])
+    bounds, j = [], rows
+    for g in range(k, -1, -1):
+        i = cut[g][j] if g else 0
+        bounds.append((i, j))
+        j = i
+    return [sorted(order[i:j]) for i, j in reversed(bounds) if j > i]
+
+
+def _group(rows: list[int], starts: torch.Tensor, counts: torch.Tensor, n: int, m: int,
+           prompt_mask: torch.Tensor | None) -> Group:
+    device = starts.device
+    r = torch.tensor(rows, device=device)
+    c = counts[r]  # (b,)
+    w = max(int(c.max()), 1)
+    col = torch.arange(w, device=device)
+    real = col[None] < c[:, None]  # (b, w)
+    gather = starts[r][:, None] + torch.minimum(col[None], (c - 1).clamp(min=0)[:, None])  # (b, w)
+    causal = torch.ones(w, w, dtype=torch.bool, device=device).tril()  # key column <= query column
+    own = (causal[None] & real[:, None, :]) | torch.eye(w, dtype=torch.bool, device=device)[None]  # (b, w, w)
     if prompt_mask is None:
-        see_prompt = torch.ones(valid.shape[0], width, n, dtype=torch.bool, device=valid.device)
+        see_prompt = torch.ones(len(rows), w, m, dtype=torch.bool, device=device)
     else:
-        see_prompt = prompt_mask.bool()[:, None, :].expand(-1, width, -1)  # (B, S, m)
-    return Pack(n, valid, index, torch.cat([see_prompt, own], dim=2)[:, None], kv)  # a padding query sees itself
+        see_prompt = prompt_mask.bool()[r][:, None, :].expand(-1, w, -1)  # (b, w, m)
+    mask = torch.cat([see_prompt, own], dim=2)[:, None]  # (b, 1, w, m + w); a padding query sees itself
+    return Group(r, gather.reshape(-1), mask, real.reshape(-1).nonzero().squeeze(1))
 
 
 def packed_hidden(backbone: Backbone, prompt: torch.Tensor, batch: Batch, offset: torch.Tensor | None = None
@@ -126,7 +197,8 @@ def packed_rows_hidden(backbone: Backbone, embeds: torch.Tensor, batch: Batch, p
 def _run(backbone: Backbone, x: torch.Tensor, positions: torch.Tensor, pack: Pack) -> torch.Tensor:
     with _packed(backbone.model.config):
         out = backbone.model.base_model(inputs_embeds=x, position_ids=positions, use_cache=False, lamp_pack=pack)
-    return out.last_hidden_state[0][pack.index]  # (B, S, d)
+    hidden = out.last_hidden_state[0]  # (n + N, d)
+    return hidden.index_select(0, pack.index.reshape(-1)).view(*pack.index.shape, -1)  # (B, S, d)
 
 
 class _packed:
@@ -161,21 +233,26 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    n, index = lamp_pack.n, lamp_pack.index
+    n = lamp_pack.n
     heads, gqa = query.shape[1], query.shape[1] != key.shape[1]  # key/value heads each serve heads / kv heads
-    q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # (T, heads, hd), (T, kv heads, hd) x 2
-    rows = index.shape[0]
-    qr = q[index].transpose(1, 2)  # (B, heads, S, hd)
-    if lamp_pack.kv is not None:  # each row's own prompt, from the cache
-        layer: int = getattr(module, "layer_idx")  # noqa: B009  # transformers names each attention layer
-        pk, pv = lamp_pack.kv[layer]  # (B, kv, m, hd) x 2
-    else:  # the sequence's prompt, shared by every row
-        pk, pv = key[:, :, :n].expand(rows, -1, -1, -1), value[:, :, :n].expand(rows, -1, -1, -1)
-    kr = torch.cat([pk, k[index].transpose(1, 2)], dim=2)  # (B, kv, m + S, hd)
-    vr = torch.cat([pv, v[index].transpose(1, 2)], dim=2)
-    out = F.scaled_dot_product_attention(qr, kr, vr, attn_mask=lamp_pack.mask, scale=scaling,
-                                         enable_gqa=gqa)  # (B, heads, S, hd)
-    tokens = out.transpose(1, 2)[lamp_pack.valid]  # (N, heads, hd): the rows' tokens in packed order
+    layer: int = getattr(module, "layer_idx")  # noqa: B009  # transformers names each attention layer
+    outs = []
+    for g in lamp_pack.groups:
+        b, w = int(g.rows.shape[0]), g.mask.shape[2]
+        # index_select, not x[index]: its backward is an index_add, far cheaper on the CPU than an index_put
+        qr, kr, vr = (x[0].index_select(1, g.gather).view(x.shape[1], b, w, -1).transpose(0, 1)
+                      for x in (query, key, value))  # (b, heads, w, hd), (b, kv, w, hd) x 2
+        if lamp_pack.kv is not None:  # each row's own prompt, from the cache
+            pk, pv = (x.index_select(0, g.rows) for x in lamp_pack.kv[layer])  # (b, kv, m, hd) x 2
+        else:  # the sequence's prompt, shared by every row
+            pk, pv = key[:, :, :n].expand(b, -1, -1, -1), value[:, :, :n].expand(b, -1, -1, -1)
+        kr, vr = torch.cat([pk, kr], dim=2), torch.cat([pv, vr], dim=2)  # (b, kv, m + w, hd)
+        out = F.scaled_dot_product_attention(qr, kr, vr, attn_mask=g.mask, scale=scaling,
+                                             enable_gqa=gqa)  # (b, heads, w, hd)
+        outs.append(out.transpose(1, 2).reshape(b * w, heads, -1).index_select(0, g.take))  # (N_g, heads, hd)
+    tokens = outs[0] if len(outs) == 1 else torch.cat(outs)
+    if lamp_pack.order is not None:
+        tokens = tokens.index_select(0, lamp_pack.order)  # (N, heads, hd): the rows' tokens in packed order
     if n:
         prompt = F.scaled_dot_product_attention(query[:, :, :n], key[:, :, :n], value[:, :, :n], is_causal=True,
                                                 scale=scaling, enable_gqa=gqa)

@@ -3,6 +3,7 @@ and the scores of running [prompt][row] for every row, and leave the model as it
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -51,9 +52,12 @@ def _count_packed_calls(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     return calls
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["one-group", "by-length"])
 @pytest.mark.parametrize("tokens", [5, 0], ids=["prompt", "no-prompt"])
-def test_packed_loss_and_gradients_equal_every_row_with_its_prompt(backbone: Backbone, tokens: int,
+def test_packed_loss_and_gradients_equal_every_row_with_its_prompt(backbone: Backbone, tokens: int, split: bool,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    if split:  # every row its own attention batch (a split costs nothing), the outputs put back in packed order
+        monkeypatch.setattr(packing, "GROUP_COST", 0)
     calls = _count_packed_calls(monkeypatch)
     packed = _loss_and_grads(backbone, tokens)
     assert calls and all(calls)  # every layer's attention ran packed
@@ -64,6 +68,21 @@ def test_packed_loss_and_gradients_equal_every_row_with_its_prompt(backbone: Bac
     assert_close(packed[1], plain[1], rtol=1e-4, atol=1e-6)
     assert_close(packed[2], plain[2], rtol=1e-4, atol=1e-6)
     assert backbone.model.config._attn_implementation == "sdpa"  # the model is left as it was
+
+
+def test_rows_split_by_length_where_it_saves_attention_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    lengths = [20, 67, 21, 27, 62, 53, 32, 34]
+    groups = packing.split_by_length(lengths, 25)
+    assert sorted(r for g in groups for r in g) == list(range(8))  # every row once
+    assert 1 < len(groups) <= packing.MAX_GROUPS
+    longest = [max(lengths[r] for r in g) for g in groups]
+    assert longest == sorted(longest) and all(max(lengths[r] for r in g) < min(lengths[r] for r in h)
+                                              for g, h in itertools.pairwise(groups))
+    one = len(lengths) * 67 * (25 + 67)
+    split = sum(len(g) * w * (25 + w) for g, w in zip(groups, longest, strict=True))
+    assert split + packing.GROUP_COST * len(groups) < one + packing.GROUP_COST
+    assert packing.split_by_length([36, 35, 36, 34, 36], 25) == [[0, 1, 2, 3, 4]]  # a bucketed batch: one group
+    assert packing.split_by_length([5], 0) == [[0]]
 
 
 def test_packed_ranking_equals_the_plain_route(backbone: Backbone, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,6 +170,7 @@ def test_mixed_prompts_pack_with_their_cached_keys_and_score_as_the_cache_route(
     queries = [Query(k, t, ("yes please", "no") if k == 2 else ("positive", "negative"))
                for t in TEXTS for k in range(len(lanes))]
     calls = _count_packed_calls(monkeypatch)
+    monkeypatch.setattr(packing, "GROUP_COST", 0)  # rows of each batch split by length too
     packed = rank_mixed(backbone, lanes, queries, batch_size=5, kv_cache=PromptKV())
     if "sliding_attention" in (getattr(backbone.model.config, "layer_types", None) or []):
         assert not any(calls)  # a sliding-window model's prompt cache is not the plain one: served unpacked
