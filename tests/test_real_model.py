@@ -87,3 +87,33 @@ def test_gemma_prompts_start_at_what_its_embedding_layer_outputs(gemma_dir: Path
     torch.testing.assert_close(backbone.embedding_table()[ids], layer_out.float())
     assert backbone.embedding_table()[ids].norm(dim=-1).mean() > 20 * backbone.input_embeddings.weight[ids].norm(
         dim=-1).mean()
+
+
+def test_gemma_training_batches_pack_and_give_the_plain_routes_loss(gemma_dir: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gemma 3's local layers see 512 positions, more than a row of a 25-token prompt and 256 tokens of text: its
+    batches pack (one pass for the prompt and the rows' real tokens), with the loss and gradient of the plain
+    route, where the prompt runs before every row under the model's own sliding-window attention."""
+    from core import scoring
+
+    backbone = load_backbone(ModelConfig("gemma3-270m"), torch.device("cpu"))
+    task = load_builtin_task("rotten_tomatoes")
+    codec = Codec.for_backbone(backbone, task.answer_cue, 256)
+    batch = collate([codec.encode(e.source, e.target) for e in task.train[:4]], "causal",
+                    backbone.tokenizer.pad_token_id, backbone.device)
+    prompt = backbone.embedding_table()[1000:1025].clone().requires_grad_(True)
+    assert scoring.can_pack(backbone, prompt, batch)
+
+    def loss_and_grad() -> tuple[float, torch.Tensor]:
+        prompt.grad = None
+        loss = loss_fn(backbone, prompt, batch)
+        loss.backward()
+        assert prompt.grad is not None
+        return loss.item(), prompt.grad.clone()
+
+    packed = loss_and_grad()
+    monkeypatch.setattr(scoring, "can_pack", lambda *args: False)
+    monkeypatch.setattr(scoring, "shared_prompt_cache", lambda *args: None)
+    plain = loss_and_grad()
+    assert packed[0] == pytest.approx(plain[0], rel=1e-5)
+    torch.testing.assert_close(packed[1], plain[1], rtol=1e-3, atol=1e-6)
