@@ -114,7 +114,7 @@ def pack_rows(batch: Batch, n: int, prompt_mask: torch.Tensor | None = None,
     index = (starts[:, None] + t.clamp(min=0)).clamp(max=total - 1)
     m = n if prompt_mask is None else int(prompt_mask.shape[1])
     lengths = counts.tolist()
-    groups = [_group(rows, starts, counts, n, m, prompt_mask) for rows in split_by_length(lengths, m)]
+    groups = [_group(rows, starts, counts, total, m, prompt_mask) for rows in split_by_length(lengths, m)]
     order = None
     if len(groups) > 1:  # the groups' outputs laid end to end: where each token of the rows, in packed order, is
         placed = torch.cat([g.gather[g.take] for g in groups]) - n  # (N,): the packed place of each output
@@ -151,7 +151,7 @@ def split_by_length(lengths: list[int], m: int) -> list[list[int]]:
     return [sorted(order[i:j]) for i, j in reversed(bounds) if j > i]
 
 
-def _group(rows: list[int], starts: torch.Tensor, counts: torch.Tensor, n: int, m: int,
+def _group(rows: list[int], starts: torch.Tensor, counts: torch.Tensor, total: int, m: int,
            prompt_mask: torch.Tensor | None) -> Group:
     device = starts.device
     r = torch.tensor(rows, device=device)
@@ -159,7 +159,7 @@ def _group(rows: list[int], starts: torch.Tensor, counts: torch.Tensor, n: int, 
     w = max(int(c.max()), 1)
     col = torch.arange(w, device=device)
     real = col[None] < c[:, None]  # (b, w)
-    gather = starts[r][:, None] + torch.minimum(col[None], (c - 1).clamp(min=0)[:, None])  # (b, w)
+    gather = (starts[r][:, None] + torch.minimum(col[None], (c - 1).clamp(min=0)[:, None])).clamp(max=total - 1)
     causal = torch.ones(w, w, dtype=torch.bool, device=device).tril()  # key column <= query column
     own = (causal[None] & real[:, None, :]) | torch.eye(w, dtype=torch.bool, device=device)[None]  # (b, w, w)
     if prompt_mask is None:
