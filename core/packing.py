@@ -4,13 +4,14 @@ padding), and only attention sees the rows apart.
 
     packed sequence:  [prompt (n)][row 0's tokens][row 1's tokens] ...        positions 0..n-1, then n + t in row
     attention:        the prompt causally over itself; each row over the prompt's keys and values, then causally
-                      over its own tokens: batched (B, heads, S, n + S), as the shared key/value cache lays it out
+                      over its own tokens: batched (b, heads, w, n + w) per group of rows of similar length (w the
+                      group's longest row), so that a short row is not padded to the batch's longest
 
 It computes what running [prompt][row] for every row computes (tested to float tolerance, loss and gradients),
 and what core.scoring.shared_prompt_cache's route computes, without that route's second pass: there the prompt ran
 through the model on its own, at batch 1, forward and backward, streaming every weight again for n tokens. Packing
-also drops the rows' padding from every layer but attention; a prompt of no tokens (the bare model, the benchmark's
-floor) packs the same way.
+also drops the rows' padding from every layer but attention, and most of it from attention; a prompt of no tokens
+(the bare model, the benchmark's floor) packs the same way.
 
 core.serving packs too: its rows each follow their own lane's prompt, whose keys and values are already in its
 cache, so only the rows' tokens are in the sequence and each row's queries read its lane's keys and values
