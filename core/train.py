@@ -333,7 +333,8 @@ def _fit(spec: RunSpec, out_dir: str | Path, on_event: Callback | None, should_s
             step, position = step + 1, position + 1
             elapsed = time.perf_counter() - tick
             train_seconds, seen = train_seconds + elapsed, seen + len(idx)
-            norms = _norms(prompt(), vocab_norm)
+            with torch.no_grad():  # the prompt's size after the update: no graph for it
+                norms = _norms(prompt(), vocab_norm)
             send(Event("step", step, steps, {
                 "loss": loss.item(), "lr": lr, "examples_per_second": len(idx) / elapsed, "step_seconds": elapsed,
                 "peak_memory_mb": peak_memory_mb(device), "epoch": epoch, **norms,
