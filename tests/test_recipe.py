@@ -124,6 +124,7 @@ def test_a_short_text_start_keeps_every_component_of_the_rank_alive(config: Lamp
     # One gradient through a random loss reaches every component: each factor's column has a nonzero gradient.
     weights = torch.randn(20, 24, generator=torch.Generator().manual_seed(4))
     (weights * module.dense()).sum().backward()
+    assert isinstance(module, LampPrompt | DptPrompt)
     left = module.u if isinstance(module, LampPrompt) else module.a  # (l, r)
     assert left.grad is not None and bool((left.grad.norm(dim=0) > 1e-6).all())
     unfilled = (LampPrompt(config, text) if isinstance(config, LampConfig)
