@@ -12,7 +12,7 @@ from torch.testing import assert_close
 
 from core import packing, scoring
 from core.backbone import Backbone, load_backbone
-from core.batching import Codec, Encoded, collate, prompted_inputs
+from core.batching import Batch, Codec, Encoded, collate, prompted_inputs
 from core.spec import ModelConfig
 
 TEXTS = ["a short one", "a somewhat longer input sentence with more words in it", "mid text", "x"]
@@ -180,3 +180,18 @@ def test_mixed_prompts_pack_with_their_cached_keys_and_score_as_the_cache_route(
     cached = rank_mixed(backbone, lanes, queries, batch_size=5, kv_cache=PromptKV())
     assert_close(torch.tensor(packed), torch.tensor(cached), rtol=1e-4, atol=1e-4)
     assert backbone.model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-group", "by-length"])
+def test_a_row_without_tokens_gathers_inside_the_sequence(split: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last row has no tokens, so its start is one past the packed sequence's end: every gather of its group
+    must still name a real position (an index past the end fails in index_select)."""
+    if split:
+        monkeypatch.setattr(packing, "GROUP_COST", 0)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]])
+    batch = Batch(torch.zeros_like(mask), mask, torch.full_like(mask, -100))
+    pack = packing.pack_rows(batch, 3)
+    total = 3 + int(mask.sum())  # the prompt's 3 tokens, then the rows' 5
+    assert len(pack.groups) == (3 if split else 1)
+    assert int(pack.index.max()) < total
+    assert all(int(g.gather.min()) >= 0 and int(g.gather.max()) < total for g in pack.groups)
