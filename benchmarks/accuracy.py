@@ -4,7 +4,8 @@
   unset (the method configs' defaults and core.spec.RECIPES: lr, lr scaling, prompt init), each through
   core.train.fit, which keeps the best validation checkpoint; PEFT's prompt tuning (the outside reference) by an
   explicit loop on exactly fit()'s batches, schedule, optimizer settings and validation schedule, keeping its best
-  validation prompt the same way.
+  validation prompt the same way. Its loss is PEFT's, from logits at the answer positions only (PeftPromptTuning's
+  `answers_only`: the same numbers, without the language-model head at every other position).
 - Seeds: `seeds` runs of each (s.seed, s.seed + 1, ...). The seed moves the prompt's init and the data order; the
   split stays (DataConfig.split_seed), so every run is scored on the same test set.
 - Budgets: `steps` gives each contender the default steps; `time` gives each of our methods the training time the
@@ -112,7 +113,8 @@ class AccuracyProtocol:
         examples = self.task.train[: self.s.accuracy_train_examples]
         encoded = b.codec.encode_many([(e.source, e.target) for e in examples])
         lengths = [len(e.source) + len(e.target) for e in encoded]
-        peft = PeftPromptTuning(b.backbone, PromptTuningConfig().length, seed, recipe.lr, recipe.lr_scaling)
+        peft = PeftPromptTuning(b.backbone, PromptTuningConfig().length, seed, recipe.lr, recipe.lr_scaling,
+                                answers_only=True)
         epoch, position, step_times = 0, 0, []
         best: tuple[float, int, torch.Tensor] | None = None
         batches = length_bucketed_order(lengths, t.batch_size, random.Random(seed))

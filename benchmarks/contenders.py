@@ -4,7 +4,10 @@
   scored by core.scoring — the code `lamp train` and `lamp predict` run.
 - `PeftPromptTuning`: Hugging Face PEFT's prompt tuning (`PromptTuningConfig`, `PromptTuningInit.SAMPLE_VOCAB`) on
   the same frozen backbone object, called the way PEFT's documentation calls it: `model(input_ids, attention_mask,
-  labels).loss` to train, `model(**inputs).logits` to score.
+  labels).loss` to train, `model(**inputs).logits` to score. With `answers_only` (the accuracy section, decoder-only
+  models) the same loss is taken from logits at the answer positions only (`logits_to_keep`): the language-model
+  head over a 262k vocabulary at every position is most of a PEFT step's time and memory on Gemma 3, and no
+  position outside the answers carries a label.
 - `Floor`: the frozen backbone with no prompt: forward and backward down to the input embeddings, nothing to update.
   No prompt method can train faster than this on the same batch.
 
@@ -124,7 +127,8 @@ class PeftPromptTuning(_Trained):
 
     method = "peft-pt"
 
-    def __init__(self, backbone: Backbone, length: int, seed: int, lr: float, lr_scaling: str = "absolute") -> None:
+    def __init__(self, backbone: Backbone, length: int, seed: int, lr: float, lr_scaling: str = "absolute",
+                 answers_only: bool = False) -> None:
         from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 
         seq2seq = backbone.family == "seq2seq"
@@ -135,6 +139,7 @@ class PeftPromptTuning(_Trained):
             num_transformer_submodules=1,  # encoder-decoder: the prompt before the encoder only, as ours
         )
         self.backbone, self.length = backbone, length
+        self.answers_only = answers_only and not seq2seq
         torch.manual_seed(seed)  # SAMPLE_VOCAB draws its token ids from torch's global generator
         self.model = get_peft_model(backbone.model, config)
         self.model.to(backbone.device)
@@ -148,11 +153,24 @@ class PeftPromptTuning(_Trained):
     def prompt_tokens(self) -> int:
         return self.length
 
-    def step(self, items: Sequence[Encoded]) -> None:
+    def loss(self, items: Sequence[Encoded]) -> torch.Tensor:
+        """PEFT's training loss on a batch: the mean cross-entropy over the answer tokens."""
         b = self.backbone
         batch = collate(items, b.family, b.tokenizer.pad_token_id, b.device)
-        out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels)
-        optimizer_step(out.loss, self.params, self.optimizer, GRAD_CLIP)
+        if not self.answers_only:
+            out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels)
+            return out.loss
+        # The logits at position t predict token t + 1: keep the positions whose next token is labelled, in any
+        # row, shifted past PEFT's l virtual tokens; what PEFT's `labels=` path computes, without the other rows.
+        targets = batch.labels[:, 1:]
+        columns = (targets != -100).any(dim=0).nonzero().squeeze(1)
+        out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                         logits_to_keep=columns + self.length)
+        logits = out.logits.float()
+        return nn.functional.cross_entropy(logits.flatten(0, 1), targets[:, columns].flatten(), ignore_index=-100)
+
+    def step(self, items: Sequence[Encoded]) -> None:
+        optimizer_step(self.loss(items), self.params, self.optimizer, GRAD_CLIP)
 
     def prompt(self) -> torch.Tensor:
         """PEFT's learned prompt embeddings, a plain (l, d) prompt that core.scoring can read."""

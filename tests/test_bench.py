@@ -266,3 +266,30 @@ def test_serving_http_ratios_and_table() -> None:
     assert "requests_per_s_x_one" not in rows[4]
     table = markdown_table("serving-http", rows)
     assert "| batched | 16 | 32 | 900 | 1500 | 12.00 | 2.00x | 2.00 | 3.00 |" in table and "200: 64" in table
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_peft_loss_at_the_answers_equals_peft_labels_loss(family: str, request: pytest.FixtureRequest) -> None:
+    """The accuracy section's PEFT reference keeps logits at the answer positions only: the same loss and prompt
+    gradient as PEFT's own `labels=` path, on rows of different lengths and answers of one and two tokens."""
+    from benchmarks.contenders import PeftPromptTuning
+    from core.backbone import load_backbone
+    from core.batching import Encoded
+    from core.spec import ModelConfig
+
+    backbone = load_backbone(ModelConfig(str(request.getfixturevalue(f"tiny_{family}_dir"))), torch.device("cpu"))
+    items = [Encoded([5, 9, 14, 20, 31], [40]), Encoded([7, 8], [41, 42]), Encoded([11, 12, 13, 14, 15, 16, 17], [43])]
+    results = []
+    for answers_only in (False, True):
+        peft = PeftPromptTuning(backbone, 6, seed=3, lr=0.01, answers_only=answers_only)
+        loss = peft.loss(items)
+        loss.backward()
+        grad = peft.params[0].grad
+        assert grad is not None
+        results.append((loss.detach(), grad.clone()))
+        peft.close()
+    (full, full_grad), (kept, kept_grad) = results
+    assert float(full) > 0
+    torch.testing.assert_close(kept, full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(kept_grad, full_grad, rtol=1e-4, atol=1e-7)
+    assert float(full_grad.abs().sum()) > 0
