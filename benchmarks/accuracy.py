@@ -130,6 +130,8 @@ class AccuracyProtocol:
             position += 1
             if (step + 1) % t.eval_every == 0 or step + 1 == steps:
                 value = self.score(peft.prompt(), self.validation)
+                b.log(f"    {PEFT} seed {seed} step {step + 1}/{steps}: validation {value:.3f} "
+                      f"({statistics.median(step_times):.2f} s/step)")
                 if best is None or value > best[0]:
                     best = (value, step + 1, peft.prompt().clone())
         assert best is not None

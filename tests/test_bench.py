@@ -207,8 +207,10 @@ def test_settings_name_every_bad_value() -> None:
     assert quick.repeats == 5 and quick.batch_size == 8  # explicit flags win over the quick preset
 
 
-def test_accuracy_methods_pick_the_contenders(tiny_llama_dir: Path, tmp_path: Path) -> None:
-    """`--accuracy-methods peft-pt,dpt`: the bare model, PEFT's runs and DPT's (its `time` budget from itself)."""
+def test_accuracy_methods_pick_the_contenders(tiny_llama_dir: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """`--accuracy-methods peft-pt,dpt`: the bare model, PEFT's runs and DPT's (its `time` budget from itself);
+    PEFT's loop reports its validation steps as it goes."""
     flags = ["--device", "cpu", "--threads", "1", "--length", "8", "--rank", "2", "--pools", "4", "--default-pool", "4",
              "--accuracy-steps", "2", "--accuracy-batch-size", "4", "--accuracy-train-examples", "16",
              "--eval-examples", "4", "--seeds", "1", "--budgets", "steps,time", "--sections", "accuracy",
@@ -222,6 +224,7 @@ def test_accuracy_methods_pick_the_contenders(tiny_llama_dir: Path, tmp_path: Pa
     assert sorted((r["method"], r["budget"]) for r in rows) == [("dpt", "steps"), ("dpt", "time"), ("floor", "-"),
                                                                  ("peft-pt", "steps")]
     assert {r["contender"].split()[0] for r in rows if r["method"] == "dpt"} == {"dpt"}
+    assert "peft-pt seed 42 step 2/2: validation " in capsys.readouterr().err
 
 
 def test_lamp_bench_is_a_plugin_command() -> None:
