@@ -60,7 +60,7 @@ def _uploaded(tmp_path: Path, access: Access, name: str, text: str) -> str:
 
 def test_the_default_form_is_the_measured_default_run() -> None:
     spec, attempts = forms.spec_from_form(_form())
-    assert spec.method == LampConfig(length=100, rank=8, pool=4)
+    assert spec.method == LampConfig(length=100, rank=8, pool=2)
     assert (spec.data.task, spec.model.name, spec.train.steps, spec.train.lr, attempts) == (
         "rotten_tomatoes", "default", 150, None, 3)
 

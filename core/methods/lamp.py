@@ -33,7 +33,7 @@ class LampConfig:
     """l: soft-prompt tokens before pooling."""
     rank: int = 8
     """r: rank kept from the SVD; 1 <= r <= min(l, hidden size)."""
-    pool: int = 4
+    pool: int = 2
     """p: average-pooling block; the backbone sees l/p prompt tokens. Must divide l."""
     init: LampInit = "balanced"
     """Starting Q: sqrt of the singular values ("balanced": C starts at the rank-r P) or the values themselves
