@@ -1,8 +1,8 @@
 """Time the dashboard as a user meets it: page load, and submit -> first point of the live training curve.
 
 Starts `lamp serve` (embedded worker) on a free port, drives Debian's Chromium with Playwright, launches the default
-job (default model, rotten_tomatoes, LAMP l=100 r=8 p=4) from the New job tab, waits for the first curve point in the
-Jobs tab, then cancels the job and stops the server. Prints one JSON line.
+job (default model, rotten_tomatoes, LAMP at the form's defaults: l=100 r=8 p=2) from the New job tab, waits for the
+first curve point in the Jobs tab, then cancels the job and stops the server. Prints one JSON line.
 
 With --quick-look N it instead launches the Quick look preset N times, one after another, each to the end: the
 form's estimate for the whole job as the page shows it (from the second job on there is history to estimate from),

@@ -129,7 +129,7 @@ def test_accuracy_over_seeds_and_budgets_at_each_methods_defaults(run: tuple[Pat
     out, _ = run
     rows = _rows(out, "accuracy")
     # Each method at its own defaults, whatever the --length and --rank of the timing sections.
-    names = ["peft-pt", "lamp l=100 r=8 p=4", "prompt-tuning l=100", "dpt l=100 r=8", "residual-pt l=100 m=400",
+    names = ["peft-pt", "lamp l=100 r=8 p=2", "prompt-tuning l=100", "dpt l=100 r=8", "residual-pt l=100 m=400",
              "ulpt l=100 r=2", "dept l=60 r=30 s=256"]
     assert [(r["budget"], r["contender"]) for r in rows] == [("-", "bare model: zero-shot"),
                                                             *[("steps", n) for n in names],
@@ -199,9 +199,9 @@ def test_markdown_and_csv_carry_the_same_rows(run: tuple[Path, dict[str, Any]]) 
 
 def test_settings_name_every_bad_value() -> None:
     with pytest.raises(ConfigError) as exc:
-        make_settings(pools=(3,), growth_lengths=(10,), repeats=0, sections=("speed",), accuracy_methods=("peft",))
+        make_settings(pools=(3,), growth_lengths=(9,), repeats=0, sections=("speed",), accuracy_methods=("peft",))
     text = str(exc.value)
-    assert "pools [3]" in text and "growth lengths [10]" in text and "repeats=0" in text and "speed" in text
+    assert "pools [3]" in text and "growth lengths [9]" in text and "repeats=0" in text and "speed" in text
     assert "accuracy methods ['peft']" in text and "peft-pt, lamp" in text
     quick = make_settings(quick=True, repeats=5)
     assert quick.repeats == 5 and quick.batch_size == 8  # explicit flags win over the quick preset
