@@ -209,7 +209,9 @@ def test_a_full_queue_answers_429_with_retry_after_and_nothing_fails_below_it(
         with ThreadPoolExecutor(24) as pool:
             responses = list(pool.map(call, range(24)))
         codes = [r.status_code for r in responses]
-        assert set(codes) <= {200, 429} and codes.count(429) > 0 and codes.count(200) >= 3, codes
+        # The queue holds 2 whatever the arrival order; a third is answered only when the first call leaves the
+        # queue before the burst fills it, which is timing.
+        assert set(codes) <= {200, 429} and codes.count(429) > 0 and codes.count(200) >= 2, codes
         busy = next(r for r in responses if r.status_code == 429)
         assert int(busy.headers["retry-after"]) >= 1 and busy.json()["error"]["type"] == "rate_limit_error"
         # below the limit: one caller at a time is always answered
