@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.measure import PeakMemory, Spread, sync, time_calls
+from core.measure import PeakMemory, Spread, sync, time_calls, time_rounds
 
-__all__ = ["PeakMemory", "Spread", "dir_bytes", "sync", "time_calls"]
+__all__ = ["PeakMemory", "Spread", "dir_bytes", "sync", "time_calls", "time_rounds"]
 
 
 def dir_bytes(path: Path) -> int:

@@ -98,7 +98,8 @@ def markdown(result: dict[str, Any], command: str) -> str:
         f"Model {env['model']} (hidden size {env['hidden_size']}), {env['device']} ({env['device_name']}), "
         f"{env['dtype']}, {env['threads']} threads; torch {env['torch']}, transformers {env['transformers']}, "
         f"peft {env['peft']}; commit {env['commit']}. Seed {s['seed']}; every contender saw the same batches. "
-        f"Timings: {s['warmup']} warm-up + {s['repeats']} timed repeats, median [min-max]. "
+        f"Timings: {s['warmup']} warm-up + {s['repeats']} timed repeats, median [min-max]; training steps (step "
+        "and growth tables) are timed in interleaved rounds, one step of each contender per round. "
         f"Ratios (x PEFT) are over PEFT prompt tuning measured in this run. Total {result['total_seconds']:.0f} s.",
         "",
     ]

@@ -16,7 +16,7 @@ import torch
 
 from benchmarks.accuracy import PEFT, accuracy_section, contender_name
 from benchmarks.contenders import Floor, Ours, PeftPromptTuning, our_label_scores
-from benchmarks.measure import PeakMemory, dir_bytes, time_calls
+from benchmarks.measure import PeakMemory, dir_bytes, time_calls, time_rounds
 from benchmarks.serving import serving
 from benchmarks.settings import BenchSettings
 from core.backbone import Backbone, load_backbone, resolve_device
@@ -93,30 +93,40 @@ class Bench:
         rows += [("floor: no prompt", lambda: Floor(self.backbone))]
         return rows
 
-    # -- measuring one training contender ---------------------------------------------------------------------
-    def measure_steps(self, name: str, contender: Any, items: Sequence[Encoded]) -> Row:
-        with PeakMemory(self.device) as mem:
-            spread = time_calls(lambda: contender.step(items), self.device, self.s.warmup, self.s.repeats)
-        self.memory_how = mem.how
-        row: Row = {
-            "contender": name, "method": contender.method, "prompt_tokens": contender.prompt_tokens,
-            "batch_size": len(items), "step_s": spread.median, "step_s_min": spread.low, "step_s_max": spread.high,
-            "examples_per_s": len(items) / spread.median, "peak_mib": mem.mib,
-        }
-        self.log(f"  {name}: {spread.median:.3f} s/step [{spread.low:.3f}-{spread.high:.3f}], "
-                 f"{mem.mib:.0f} MiB above start")
-        return row
+    # -- measuring training contenders ------------------------------------------------------------------------
+    def measure_steps(self, named: Sequence[tuple[str, Any]], items: Sequence[Encoded]) -> list[Row]:
+        """Step time and memory of each contender on the same batch.
+
+        Memory: each contender's warm-up steps (at least one) in a window of their own. Time: `repeats` rounds of
+        one step of every contender, interleaved (core.measure.time_rounds), so that a drift of the machine during
+        the run falls on every contender alike rather than on one contender's block of steps.
+        """
+        rows: list[Row] = []
+        for name, contender in named:
+            with PeakMemory(self.device) as mem:
+                for _ in range(max(1, self.s.warmup)):
+                    contender.step(items)
+            self.memory_how = mem.how
+            rows.append({"contender": name, "method": contender.method, "prompt_tokens": contender.prompt_tokens,
+                         "batch_size": len(items), "peak_mib": mem.mib})
+        spreads = time_rounds([partial(c.step, items) for _, c in named], self.device, self.s.repeats)
+        for row, spread in zip(rows, spreads, strict=True):
+            row.update({"step_s": spread.median, "step_s_min": spread.low, "step_s_max": spread.high,
+                        "examples_per_s": len(items) / spread.median})
+            self.log(f"  {row['contender']}: {spread.median:.3f} s/step [{spread.low:.3f}-{spread.high:.3f}], "
+                     f"{row['peak_mib']:.0f} MiB above start")
+        return rows
 
     # -- sections ---------------------------------------------------------------------------------------------
     def steps(self) -> list[Row]:
         s = self.s
         items = self.train_items[: s.batch_size]
-        self.log(f"training steps: batch {len(items)}, {s.warmup} warm-up + {s.repeats} timed each")
+        self.log(f"training steps: batch {len(items)}, {max(1, s.warmup)} warm-up each, then {s.repeats} "
+                 "interleaved rounds of one timed step per contender")
         Floor(self.backbone).step(items)  # one untimed step first: one-off allocations go to no contender
-        rows = []
-        for name, make in self.step_contenders():
-            contender = make()
-            row = self.measure_steps(name, contender, items)
+        named = [(name, make()) for name, make in self.step_contenders()]
+        rows = self.measure_steps(named, items)
+        for row, (name, contender) in zip(rows, named, strict=True):
             row["trainable_params"] = contender.trainable_params
             row["formula_params"] = contender.formula_params
             row["artifact_bytes"] = None
@@ -126,7 +136,6 @@ class Bench:
                 row["artifact_bytes"] = dir_bytes(folder)
             if isinstance(contender, PeftPromptTuning):
                 contender.close()
-            rows.append(row)
         return with_ratios(rows, ["step_s", "examples_per_s", "peak_mib", "trainable_params", "artifact_bytes"])
 
     def inference(self) -> list[Row]:
@@ -190,14 +199,12 @@ class Bench:
                 (f"lamp l={length} r={s.rank} p={s.default_pool}",
                  partial(self.ours, self.lamp(length, s.default_pool))),
             ]
-            group = []
-            for name, make in pair:
-                contender = make()
-                row = self.measure_steps(name, contender, items)
+            named = [(name, make()) for name, make in pair]
+            group = self.measure_steps(named, items)
+            for row, (_, contender) in zip(group, named, strict=True):
                 row["length"] = length
                 if isinstance(contender, PeftPromptTuning):
                     contender.close()
-                group.append(row)
             rows += with_ratios(group, ["step_s", "peak_mib"])
         return rows
 

@@ -20,7 +20,7 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,24 @@ def time_calls(fn: Callable[[], Any], device: torch.device, warmup: int, repeats
         sync(device)
         times.append(time.perf_counter() - tick)
     return Spread.of(times)
+
+
+def time_rounds(fns: Sequence[Callable[[], Any]], device: torch.device, repeats: int) -> list[Spread]:
+    """Seconds per call of each of `fns`, timed in `repeats` rounds of one call each (no warm-up: the caller's).
+
+    Round k starts at fns[k % n] and goes round in order, so a drift of the machine (another process, the clock,
+    the heap) falls on every fn alike instead of on whichever was timed during it. Returns one Spread per fn, in the
+    order of `fns`.
+    """
+    times: list[list[float]] = [[] for _ in fns]
+    for k in range(repeats if fns else 0):
+        for i in (*range(k % len(fns), len(fns)), *range(k % len(fns))):
+            sync(device)
+            tick = time.perf_counter()
+            fns[i]()
+            sync(device)
+            times[i].append(time.perf_counter() - tick)
+    return [Spread.of(t) for t in times]
 
 
 def _proc_status_kib(field: str) -> int | None:

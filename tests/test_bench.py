@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from benchmarks.cli import main
-from benchmarks.measure import PeakMemory, Spread, time_calls
+from benchmarks.measure import PeakMemory, Spread, time_calls, time_rounds
 from benchmarks.settings import make_settings
 from core.errors import ConfigError
 from core.methods import trainable_param_counts
@@ -243,6 +243,20 @@ def test_measuring_helpers() -> None:
         block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
         del block
     assert mem.how and mem.mib >= 32
+
+
+def test_timed_rounds_interleave_the_contenders_and_rotate_who_goes_first() -> None:
+    """Each round times one call of every function; round k starts at the k-th (mod n), so a slow stretch of the
+    machine is shared rather than landing on one contender's block."""
+    order: list[str] = []
+    fns = [lambda n=n: order.append(n) for n in "abc"]
+    spreads = time_rounds(fns, torch.device("cpu"), repeats=4)
+    assert order == list("abc" "bca" "cab" "abc")
+    assert [s.n for s in spreads] == [4, 4, 4]
+    slow = time_rounds([lambda: None, lambda: time_calls(lambda: sum(range(20_000)), torch.device("cpu"), 0, 20)],
+                       torch.device("cpu"), repeats=3)
+    assert slow[1].low > slow[0].high  # each spread belongs to its own function
+    assert time_rounds([], torch.device("cpu"), repeats=3) == []
 
 
 def test_serving_http_ratios_and_table() -> None:
