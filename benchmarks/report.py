@@ -12,8 +12,10 @@ Row = dict[str, Any]
 # Per section: (column title, row key, format). A `<key>_x_peft` ratio column follows each key listed in RATIOS.
 COLUMNS: dict[str, list[tuple[str, str, str]]] = {
     "steps": [("contender", "contender", "s"), ("prompt tokens", "prompt_tokens", "d"),
-              ("step s (median [min-max])", "step_s", "spread"), ("examples/s", "examples_per_s", ".2f"),
-              ("peak MiB above model", "peak_mib", ".0f"), ("trainable params", "trainable_params", ",d"),
+              ("step s (median [min-max])", "step_s", "spread"),
+              ("x floor, same round (median [min-max])", "step_x_floor", "spread"),
+              ("examples/s", "examples_per_s", ".2f"), ("peak MiB above model", "peak_mib", ".0f"),
+              ("trainable params", "trainable_params", ",d"),
               ("artifact KiB", "artifact_bytes", "kib")],
     "inference": [("contender", "contender", "s"), ("batch", "batch_size", "d"),
                   ("prompt tokens", "prompt_tokens", "d"), ("ms per example (median [min-max])", "ms_per_example",

@@ -16,7 +16,7 @@ import torch
 
 from benchmarks.accuracy import PEFT, accuracy_section, contender_name
 from benchmarks.contenders import Floor, Ours, PeftPromptTuning, our_label_scores
-from benchmarks.measure import PeakMemory, dir_bytes, time_calls, time_rounds
+from benchmarks.measure import PeakMemory, Spread, dir_bytes, time_calls, time_rounds
 from benchmarks.serving import serving
 from benchmarks.settings import BenchSettings
 from core.backbone import Backbone, load_backbone, resolve_device
@@ -99,7 +99,8 @@ class Bench:
 
         Memory: each contender's warm-up steps (at least one) in a window of their own. Time: `repeats` rounds of
         one step of every contender, interleaved (core.measure.time_rounds), so that a drift of the machine during
-        the run falls on every contender alike rather than on one contender's block of steps.
+        the run falls on every contender alike rather than on one contender's block of steps. Where the floor is
+        among them, `step_x_floor` is each step over the floor's step of the same round (median [min-max]).
         """
         rows: list[Row] = []
         for name, contender in named:
@@ -109,10 +110,16 @@ class Bench:
             self.memory_how = mem.how
             rows.append({"contender": name, "method": contender.method, "prompt_tokens": contender.prompt_tokens,
                          "batch_size": len(items), "peak_mib": mem.mib})
-        spreads = time_rounds([partial(c.step, items) for _, c in named], self.device, self.s.repeats)
-        for row, spread in zip(rows, spreads, strict=True):
+        times = time_rounds([partial(c.step, items) for _, c in named], self.device, self.s.repeats)
+        floor = next((t for t, (_, c) in zip(times, named, strict=True) if c.method == "floor"), None)
+        for row, mine in zip(rows, times, strict=True):
+            spread = Spread.of(mine)
             row.update({"step_s": spread.median, "step_s_min": spread.low, "step_s_max": spread.high,
                         "examples_per_s": len(items) / spread.median})
+            if floor is not None:  # paired: each step over the floor's step of the same round
+                paired = Spread.of([a / b for a, b in zip(mine, floor, strict=True)])
+                row.update({"step_x_floor": paired.median, "step_x_floor_min": paired.low,
+                            "step_x_floor_max": paired.high})
             self.log(f"  {row['contender']}: {spread.median:.3f} s/step [{spread.low:.3f}-{spread.high:.3f}], "
                      f"{row['peak_mib']:.0f} MiB above start")
         return rows

@@ -64,12 +64,12 @@ def time_calls(fn: Callable[[], Any], device: torch.device, warmup: int, repeats
     return Spread.of(times)
 
 
-def time_rounds(fns: Sequence[Callable[[], Any]], device: torch.device, repeats: int) -> list[Spread]:
+def time_rounds(fns: Sequence[Callable[[], Any]], device: torch.device, repeats: int) -> list[list[float]]:
     """Seconds per call of each of `fns`, timed in `repeats` rounds of one call each (no warm-up: the caller's).
 
     Round k starts at fns[k % n] and goes round in order, so a drift of the machine (another process, the clock,
-    the heap) falls on every fn alike instead of on whichever was timed during it. Returns one Spread per fn, in the
-    order of `fns`.
+    the heap) falls on every fn alike instead of on whichever was timed during it. Returns each fn's seconds, round by
+    round (times[i][k]: fn i in round k), in the order of `fns`.
     """
     times: list[list[float]] = [[] for _ in fns]
     for k in range(repeats if fns else 0):
@@ -79,7 +79,7 @@ def time_rounds(fns: Sequence[Callable[[], Any]], device: torch.device, repeats:
             fns[i]()
             sync(device)
             times[i].append(time.perf_counter() - tick)
-    return [Spread.of(t) for t in times]
+    return times
 
 
 def _proc_status_kib(field: str) -> int | None:

@@ -75,6 +75,11 @@ def test_step_table_has_every_contender_and_ratios_against_peft(run: tuple[Path,
             assert row[f"{key}_x_peft"] == pytest.approx(want) if want is not None else True
     assert peft["step_s_x_peft"] == peft["examples_per_s_x_peft"] == peft["trainable_params_x_peft"] == 1.0
     assert peft["examples_per_s"] == pytest.approx(4 / peft["step_s"])
+    for row in rows.values():  # paired with the floor's step of the same round
+        assert row["step_x_floor_min"] <= row["step_x_floor"] <= row["step_x_floor_max"]
+        assert row["step_x_floor_min"] * rows["floor: no prompt"]["step_s_min"] <= row["step_s_max"]
+    assert rows["floor: no prompt"]["step_x_floor"] == 1.0
+    assert "x floor, same round" in (out / "report.md").read_text()
 
 
 def test_trainable_params_equal_the_formulas(run: tuple[Path, dict[str, Any]]) -> None:
@@ -250,12 +255,12 @@ def test_timed_rounds_interleave_the_contenders_and_rotate_who_goes_first() -> N
     machine is shared rather than landing on one contender's block."""
     order: list[str] = []
     fns = [lambda n=n: order.append(n) for n in "abc"]
-    spreads = time_rounds(fns, torch.device("cpu"), repeats=4)
+    times = time_rounds(fns, torch.device("cpu"), repeats=4)
     assert order == list("abc" "bca" "cab" "abc")
-    assert [s.n for s in spreads] == [4, 4, 4]
+    assert [len(t) for t in times] == [4, 4, 4]
     slow = time_rounds([lambda: None, lambda: time_calls(lambda: sum(range(20_000)), torch.device("cpu"), 0, 20)],
                        torch.device("cpu"), repeats=3)
-    assert slow[1].low > slow[0].high  # each spread belongs to its own function
+    assert min(slow[1]) > max(slow[0])  # each list belongs to its own function
     assert time_rounds([], torch.device("cpu"), repeats=3) == []
 
 
