@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -91,7 +92,9 @@ class GuardSettings:
     max_uploads_per_client: int = 2
     logins: LoginLimiter = field(default_factory=LoginLimiter)
     api: bool = False
-    """The /v1 API is mounted: its routes take API keys instead of the dashboard's login."""
+    """The /v1 API rides on this server: its routes take API keys instead of the dashboard's login."""
+    api_ready: threading.Event = field(default_factory=threading.Event)
+    """Set once the /v1 routes are mounted (just after Gradio starts listening); until then /v1 answers 503."""
 
 
 async def _reply(send: Send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
@@ -177,7 +180,10 @@ class Guard:
             return
         path, method = scope.get("path", ""), scope.get("method", "GET")
         if self.settings.api and (path == "/v1" or path.startswith("/v1/")):
-            await self.app(scope, receive, send)  # the API checks its own bearer keys
+            if not self.settings.api_ready.is_set():  # listening, the API not mounted yet: a retry, not a 404
+                await _reply(send, 503, "the API is starting; retry in a second", {"retry-after": "1"})
+            else:
+                await self.app(scope, receive, send)  # the API checks its own bearer keys
         elif method == "POST" and path in LOGIN_PATHS and self.settings.auth:
             await self._login(scope, receive, send)
         elif self.settings.auth and not _logged_in(scope):

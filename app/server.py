@@ -9,9 +9,12 @@ import socket
 import tempfile
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.settings import ServeSettings, app_dir, exports_dir
+
+if TYPE_CHECKING:
+    from app.guard import GuardSettings
 
 log = logging.getLogger(__name__)
 ORPHAN_UPLOAD_AGE_S = 600
@@ -42,15 +45,12 @@ def check_port(host: str, port: int) -> None:
             raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; check --host and --port") from None
 
 
-def _guard(settings: ServeSettings) -> object:
-    from starlette.middleware import Middleware
-
-    from app.guard import Guard, GuardSettings
+def _guard_settings(settings: ServeSettings) -> GuardSettings:
+    from app.guard import GuardSettings
     from app.settings import gradio_temp_dir
 
-    guard = GuardSettings(auth=bool(settings.auth), temp_dir=gradio_temp_dir(),
-                          temp_budget_bytes=8 * settings.max_upload_bytes, api=api_enabled(settings))
-    return Middleware(Guard, settings=guard)
+    return GuardSettings(auth=bool(settings.auth), temp_dir=gradio_temp_dir(),
+                         temp_budget_bytes=8 * settings.max_upload_bytes, api=api_enabled(settings))
 
 
 def api_enabled(settings: ServeSettings) -> bool:
@@ -60,8 +60,9 @@ def api_enabled(settings: ServeSettings) -> bool:
     return settings.host in LOOPBACK or bool(settings.api_keys)
 
 
-def _mount_api(ui: Any, settings: ServeSettings) -> str:
-    """The API at /v1 on Gradio's own app, sharing the Playground's service; a word for the start-up line."""
+def _mount_api(ui: Any, settings: ServeSettings, guard: GuardSettings) -> str:
+    """The API at /v1 on Gradio's own app, sharing the Playground's service; a word for the start-up line. Gradio's
+    app exists only once it listens: the guard answers /v1 with 503 until the routes are in."""
     if not api_enabled(settings):
         log.warning("the /v1 API is off: this server listens on %s and has no --api-key", settings.host)
         return ""
@@ -69,6 +70,7 @@ def _mount_api(ui: Any, settings: ServeSettings) -> str:
     from app.api_service import shared_service
 
     mount_api(ui.server_app, shared_service(), settings.api_keys)
+    guard.api_ready.set()
     return " · API on /v1" + (" (key required)" if settings.api_keys else "")
 
 
@@ -97,7 +99,10 @@ def _background(settings: ServeSettings) -> Callable[[], None]:
     return stop_all
 
 
-def _launch(ui: Any, settings: ServeSettings, css: str) -> None:
+def _launch(ui: Any, settings: ServeSettings, css: str, guard: GuardSettings) -> None:
+    from starlette.middleware import Middleware
+
+    from app.guard import Guard
     from core.errors import ConfigError
 
     try:
@@ -107,7 +112,7 @@ def _launch(ui: Any, settings: ServeSettings, css: str) -> None:
             max_file_size=settings.max_upload_bytes, allowed_paths=[str(exports_dir())],
             show_error=True, prevent_thread_lock=True, quiet=True, ssr_mode=False, css=css,
             footer_links=["settings"], enable_monitoring=False, mcp_server=False, pwa=False,
-            app_kwargs={"middleware": [_guard(settings)], "openapi_url": None, "docs_url": None,
+            app_kwargs={"middleware": [Middleware(Guard, settings=guard)], "openapi_url": None, "docs_url": None,
                         "redoc_url": None},
         )
     except OSError as exc:  # the port was taken between check_port and now
@@ -140,8 +145,9 @@ def serve(settings: ServeSettings, *, block: bool = True, on_start: Callable[[st
     stop: Callable[[], None] | None = None
     try:
         ui.queue(default_concurrency_limit=4)
-        _launch(ui, settings, CSS)
-        api = _mount_api(ui, settings)
+        guard = _guard_settings(settings)
+        _launch(ui, settings, CSS, guard)
+        api = _mount_api(ui, settings, guard)
         stop = _background(settings)  # only now: a server that cannot listen never claims a job
         local = f"http://{settings.host}:{settings.port}/"
         print(f"LAMP Studio on {local}" + (" (login required)" if settings.auth else "") + api, flush=True)

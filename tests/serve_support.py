@@ -51,17 +51,23 @@ class Server:
             self.wait()
 
     def wait(self, timeout: float = 120) -> None:
+        """Until it answers HTTP and has printed its start-up line (the API is mounted and the worker started only
+        after Gradio listens)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 with urllib.request.urlopen(self.url, timeout=2):
+                    pass
+                if "LAMP Studio on " in self.log.read_text(errors="replace"):
                     return
-            except urllib.error.HTTPError:
-                return  # it answers (e.g. 401 before login)
+            except urllib.error.HTTPError:  # it answers (e.g. 401 before login)
+                if "LAMP Studio on " in self.log.read_text(errors="replace"):
+                    return
             except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"lamp serve did not start:\n{self.log.read_text()[-3000:]}") from None
-                time.sleep(0.5)
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"lamp serve did not start:\n{self.log.read_text()[-3000:]}") from None
+            time.sleep(0.5)
 
     def stop(self) -> None:
         stop_process(self.proc)

@@ -246,6 +246,30 @@ def test_the_dashboard_serves_the_api_with_keys_beside_its_login(jobs_home: tupl
         server.stop()
 
 
+def test_the_dashboards_api_answers_503_until_its_routes_are_mounted(tmp_path: Path) -> None:
+    """Gradio's app exists only once it listens, so /v1 is mounted a moment later: a client calling in that moment
+    gets a retry (503, Retry-After), not a 404, and the login still guards the rest."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from app.guard import Guard, GuardSettings
+
+    def models(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("models")
+
+    inner = Starlette(routes=[Route("/v1/models", models), Route("/page", models)])
+    settings = GuardSettings(auth=True, temp_dir=tmp_path, temp_budget_bytes=1 << 20, api=True)
+    with TestClient(Guard(inner, settings)) as client:
+        early = client.get("/v1/models")
+        assert early.status_code == 503 and early.headers["retry-after"] == "1"
+        settings.api_ready.set()
+        assert client.get("/v1/models").text == "models"
+        assert client.get("/page").status_code == 401
+
+
 def test_prompt_caches_are_kept_between_calls_and_change_nothing(tiny_llama_dir: Path) -> None:
     import torch
 
