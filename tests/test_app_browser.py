@@ -9,9 +9,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -20,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_jobs_support import lamp_command, report
+from serve_support import Server
+from test_jobs_support import report
 
 CHROMIUM = os.environ.get("LAMP_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
 SHOTS = Path(os.environ.get("LAMP_SCREENSHOTS", Path(__file__).resolve().parents[1] / "test-artifacts/screenshots"))
@@ -35,45 +33,6 @@ def _need_browser() -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"no Chromium at {CHROMIUM} under CI: scripts/ci-services.sh installs Debian's chromium")
     pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set LAMP_CHROMIUM)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    def __init__(self, home: Path, *args: str) -> None:
-        self.home = home
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("LAMP_DATABASE_URL", "LAMP_QUEUE_URL", "LAMP_ARTIFACTS_DIR", "LAMP_AUTH")}
-        env.update(LAMP_HOME=str(home), PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
-        self.log = home / "serve.log"
-        home.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen([*lamp_command(), "serve", "--port", str(self.port), *args], env=env,
-                                     stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(self.url, timeout=2):
-                    break
-            except urllib.error.HTTPError:
-                break  # it answers (e.g. 401 before login)
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"lamp serve did not start:\n{self.log.read_text()[-3000:]}") from None
-                time.sleep(0.5)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture(scope="module")
