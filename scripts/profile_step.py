@@ -1,5 +1,5 @@
-"""Where a training step's time goes: LAMP (l=100 r=8 p=4) against the floor (the frozen model, no prompt, backward
-to the input embeddings), phase by phase, on the benchmark's first batch of Rotten Tomatoes.
+"""Where a training step's time goes: LAMP (l=100 r=8, --pool p, default 2) against the floor (the frozen model,
+no prompt, backward to the input embeddings), phase by phase, on the benchmark's first batch of Rotten Tomatoes.
 
 Phases of a LAMP step on the CPU (core.scoring.causal_hidden), on either route:
 - `--route packed` (the default, core.packing): the prompt module builds P' (SVD factors, compressed outer product,
@@ -10,8 +10,12 @@ Phases of a LAMP step on the CPU (core.scoring.causal_hidden), on either route:
 Each phase is timed on its own (torch on 2 threads), median of --repeats steps after --warmup; whole steps are timed
 the way the benchmark times them. `--batch first` is the benchmark's batch (the first 16 training examples, as
 they come: much padding); `--batch bucketed` the training loop's first batch (sorted by length within windows).
+`--ops N` then runs N whole steps of each under torch's profiler and prints, per operator, its self CPU time per
+step for LAMP and the floor and the difference (the operators that differ most first): which kernels the prompt's
+positions make longer (the matrix products, the attention) and which are its own.
 
     LAMP_HOME=... .venv/bin/python scripts/profile_step.py [--route packed|cache] [--batch first|bucketed]
+        [--pool P] [--ops N]
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
@@ -36,7 +40,11 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--route", choices=["packed", "cache"], default="packed")
     parser.add_argument("--batch", choices=["first", "bucketed"], default="first")
-    a = parser.parse_args()
+    parser.add_argument("--pool", type=int, default=2, help="LAMP's pool p (l=100, r=8)")
+    parser.add_argument("--ops", type=int, default=0, metavar="N",
+                        help="also profile N whole steps of each by operator (0: no)")
+    parser.add_argument("--top", type=int, default=12, help="operators listed with --ops")
+    a = parser.parse_args(argv)
     torch.set_num_threads(a.threads)
 
     import random
@@ -64,7 +72,7 @@ def main() -> None:
         scoring.can_pack = lambda *args: False
     batch = collate(items, backbone.family, backbone.tokenizer.pad_token_id, backbone.device)
     table = backbone.embedding_table()
-    module, _ = build_prompt(LampConfig(length=100, rank=8, pool=4), table, common_token_ids(backbone.tokenizer),
+    module, _ = build_prompt(LampConfig(length=100, rank=8, pool=a.pool), table, common_token_ids(backbone.tokenizer),
                              torch.Generator().manual_seed(42))
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=0.01, weight_decay=1e-5)
@@ -153,16 +161,47 @@ def main() -> None:
         floor_s = statistics.median(r[name] for r in runs["floor"]) if name in runs["floor"][0] else 0.0
         rows.append({"phase": name, "lamp_s": round(lamp_s, 4), "floor_s": round(floor_s, 4),
                      "extra_s": round(lamp_s - floor_s, 4)})
-    result = {"route": a.route, "batch_kind": a.batch, "batch": a.batch_size, "width": int(batch.input_ids.shape[1]),
-              "tokens": int(batch.attention_mask.sum()), "threads": a.threads,
-              "repeats": a.repeats, "phases": rows,
-              "whole_step_s": {k: round(statistics.median(v), 4) for k, v in wholes.items()},
-              "lamp_x_floor": round(statistics.median(wholes["lamp"]) / statistics.median(wholes["floor"]), 3)}
+    result: dict[str, Any] = {
+        "route": a.route, "batch_kind": a.batch, "pool": a.pool, "batch": a.batch_size,
+        "width": int(batch.input_ids.shape[1]), "tokens": int(batch.attention_mask.sum()), "threads": a.threads,
+        "repeats": a.repeats, "phases": rows,
+        "whole_step_s": {k: round(statistics.median(v), 4) for k, v in wholes.items()},
+        "lamp_x_floor": round(statistics.median(wholes["lamp"]) / statistics.median(wholes["floor"]), 3)}
     print("| phase | LAMP s | floor s | LAMP - floor |")
     print("|---|---|---|---|")
     for r in rows:
         print(f"| {r['phase']} | {r['lamp_s']:.3f} | {r['floor_s']:.3f} | {r['extra_s']:+.3f} |")
+    if a.ops:
+        result["ops"] = operator_diff({"lamp": whole_lamp, "floor": whole_floor}, a.ops)[: a.top]
+        print("\n| operator | LAMP ms/step | floor ms/step | LAMP - floor |")
+        print("|---|---|---|---|")
+        for r in result["ops"]:
+            print(f"| {r['op']} | {r['lamp_ms']:.1f} | {r['floor_ms']:.1f} | {r['extra_ms']:+.1f} |")
     print(json.dumps(result))
+    return result
+
+
+def operator_diff(steps: dict[str, Callable[[], float]], n: int) -> list[dict[str, Any]]:
+    """Self CPU time per step of every operator over n steps of each of the two contenders ("lamp" and "floor"),
+    profiled one step at a time in interleaved rounds (who goes first alternates), so that the machine's drift falls
+    on both alike; the rows sorted by how much more LAMP spends, the largest difference first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    names = list(steps)
+    per_step: dict[str, dict[str, float]] = {name: {} for name in names}
+    for step in steps.values():
+        step()  # once outside the profiler: nothing first-time in the figures
+    for i in range(n):
+        for name in names[i % 2:] + names[: i % 2]:
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                steps[name]()
+            for e in prof.key_averages():
+                per_step[name][e.key] = per_step[name].get(e.key, 0.0) + e.self_cpu_time_total / n / 1000
+    lamp, floor = per_step["lamp"], per_step["floor"]
+    times = [(op, lamp.get(op, 0.0), floor.get(op, 0.0)) for op in set(lamp) | set(floor)]
+    times.sort(key=lambda t: abs(t[1] - t[2]), reverse=True)
+    times.insert(0, ("all operators", sum(lamp.values()), sum(floor.values())))
+    return [{"op": op, "lamp_ms": la, "floor_ms": fl, "extra_ms": la - fl} for op, la, fl in times]
 
 
 if __name__ == "__main__":

@@ -315,3 +315,26 @@ def test_peft_loss_at_the_answers_equals_peft_labels_loss(family: str, request: 
     torch.testing.assert_close(kept, full, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(kept_grad, full_grad, rtol=1e-4, atol=1e-7)
     assert float(full_grad.abs().sum()) > 0
+
+
+def test_the_step_profile_compares_lamp_and_the_floor_phase_by_phase_and_by_operator(tiny_llama_dir: Path) -> None:
+    """scripts/profile_step.py on the tiny Llama: every phase of both, and the operator table of --ops, which lists
+    LAMP's own operators (its optimizer step, absent from the floor's step) with the floor's time at zero."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("profile_step", Path(__file__).parents[1] / "scripts/profile_step.py")
+    assert spec is not None and spec.loader is not None
+    profile_step = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile_step)
+    result = profile_step.main(["--model", str(tiny_llama_dir), "--threads", "1", "--repeats", "1", "--warmup", "0",
+                                "--pool", "4", "--ops", "1", "--top", "1000"])
+    assert result["pool"] == 4 and result["tokens"] > 0
+    phases = [p["phase"] for p in result["phases"]]
+    assert phases[0].startswith("prompt module") and phases[-1] == "clip + AdamW"
+    ops = result["ops"]
+    assert ops[0]["op"] == "all operators"
+    assert ops[0]["lamp_ms"] == pytest.approx(sum(o["lamp_ms"] for o in ops[1:]))
+    extras = [abs(o["extra_ms"]) for o in ops[1:]]
+    assert extras == sorted(extras, reverse=True)
+    own = [o["op"] for o in ops[1:] if o["floor_ms"] == 0 and o["lamp_ms"] > 0]
+    assert any("adam" in op.lower() or "foreach" in op.lower() or "addcdiv" in op for op in own), own
